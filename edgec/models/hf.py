@@ -1,0 +1,133 @@
+"""Rebuild Hugging Face encoders as the canonical `TextEncoder` / `VisionEncoder`.
+
+Each family is a name map from the canonical parameter names to the HF state
+dict: adding a family is one table entry, not a class.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from edgec.errors import UnsupportedModelError
+from edgec.models.encoder import ACTIVATIONS, TextEncoder, VisionEncoder
+
+_BERT_LAYER = {"attn.q": "attention.self.query", "attn.k": "attention.self.key",
+               "attn.v": "attention.self.value", "attn.o": "attention.output.dense",
+               "ln1": "attention.output.LayerNorm", "fc1": "intermediate.dense",
+               "fc2": "output.dense", "ln2": "output.LayerNorm"}
+_BERT = {"kind": "text", "layers": "encoder.layer.{i}.", "layer": _BERT_LAYER,
+         "top": {"word": "embeddings.word_embeddings", "pos": "embeddings.position_embeddings",
+                 "segment": "embeddings.token_type_embeddings", "ln": "embeddings.LayerNorm"}}
+
+FAMILIES: dict[str, dict] = {
+    "bert": _BERT,
+    "roberta": {**_BERT, "pos_offset": "pad+1"},
+    "xlm-roberta": {**_BERT, "pos_offset": "pad+1"},
+    "distilbert": {
+        "kind": "text", "layers": "transformer.layer.{i}.",
+        "layer": {"attn.q": "attention.q_lin", "attn.k": "attention.k_lin", "attn.v": "attention.v_lin",
+                  "attn.o": "attention.out_lin", "ln1": "sa_layer_norm", "fc1": "ffn.lin1",
+                  "fc2": "ffn.lin2", "ln2": "output_layer_norm"},
+        "top": {"word": "embeddings.word_embeddings", "pos": "embeddings.position_embeddings",
+                "ln": "embeddings.LayerNorm"}},
+    "vit": {
+        "kind": "image", "layers": "vit.layers.{i}.",
+        "layer": {"attn.q": "attention.q_proj", "attn.k": "attention.k_proj", "attn.v": "attention.v_proj",
+                  "attn.o": "attention.o_proj", "ln1": "layernorm_before", "fc1": "mlp.fc1",
+                  "fc2": "mlp.fc2", "ln2": "layernorm_after"},
+        "top": {"patch": "vit.embeddings.patch_embeddings.projection", "ln": "vit.layernorm",
+                "head": "classifier"},
+        "params": {"cls": "vit.embeddings.cls_token", "pos": "vit.embeddings.position_embeddings"}},
+}
+
+
+def family(config) -> dict:
+    spec = FAMILIES.get(config.model_type)
+    if spec is None:
+        raise UnsupportedModelError(
+            f"model type '{config.model_type}' is not supported: edgec takes "
+            f"{', '.join(sorted(FAMILIES))} encoders")
+    return spec
+
+
+def _get(config, *names, default=None):
+    for n in names:
+        if getattr(config, n, None) is not None:
+            return getattr(config, n)
+    return default
+
+
+def _layer_specs(config, state: dict, spec: dict) -> list[dict]:
+    hidden = _get(config, "hidden_size", "dim")
+    heads = _get(config, "num_attention_heads", "n_heads")
+    n_layers = _get(config, "num_hidden_layers", "n_layers")
+    head_dim = hidden // heads
+    out = []
+    for i in range(n_layers):
+        p = spec["layers"].format(i=i)
+        out.append({"heads": state[p + spec["layer"]["attn.q"] + ".weight"].shape[0] // head_dim,
+                    "head_dim": head_dim,
+                    "intermediate": state[p + spec["layer"]["fc1"] + ".weight"].shape[0]})
+    return out
+
+
+def from_hf(model: nn.Module) -> nn.Module:
+    """Canonical encoder with the HF model's weights (eval mode, float32)."""
+    config = model.config
+    spec = family(config)
+    state = {k: v.detach().float() for k, v in model.state_dict().items()}
+    if spec["kind"] == "text":
+        state = {k.split(".", 1)[1] if k.startswith(config.model_type.replace("-", "_") + ".") else k: v
+                 for k, v in state.items()}
+    act = _get(config, "hidden_act", "activation", default="gelu")
+    if act not in ACTIVATIONS:
+        raise UnsupportedModelError(f"activation '{act}' is not supported: use one of {sorted(ACTIVATIONS)}")
+    eps = _get(config, "layer_norm_eps", default=1e-12)
+    layers = _layer_specs(config, state, spec)
+    hidden = _get(config, "hidden_size", "dim")
+    if spec["kind"] == "text":
+        pos_offset = config.pad_token_id + 1 if spec.get("pos_offset") == "pad+1" else 0
+        module = TextEncoder(
+            vocab=config.vocab_size, max_pos=config.max_position_embeddings,
+            type_vocab=_get(config, "type_vocab_size", default=0), hidden=hidden, layers=layers,
+            act=act, eps=eps, pos_offset=pos_offset)
+    else:
+        if not hasattr(config, "num_labels") or "classifier.weight" not in state:
+            raise UnsupportedModelError("ViT model has no classification head: export a *ForImageClassification model")
+        module = VisionEncoder(
+            channels=config.num_channels, patch=config.patch_size, image_size=config.image_size,
+            hidden=hidden, layers=layers, act=act, eps=eps, num_labels=config.num_labels)
+    mapped = {}
+    for ours, theirs in spec["top"].items():
+        for suffix in ("weight", "bias"):
+            if f"{theirs}.{suffix}" in state:
+                mapped[f"{ours}.{suffix}"] = state[f"{theirs}.{suffix}"]
+    for ours, theirs in spec.get("params", {}).items():
+        mapped[ours] = state[theirs]
+    for i in range(len(layers)):
+        p = spec["layers"].format(i=i)
+        for ours, theirs in spec["layer"].items():
+            for suffix in ("weight", "bias"):
+                mapped[f"layers.{i}.{ours}.{suffix}"] = state[f"{p}{theirs}.{suffix}"]
+    if spec["kind"] == "text" and "segment.weight" not in mapped:  # families without token types
+        mapped["segment.weight"] = torch.zeros_like(module.segment.weight)
+    missing, unexpected = module.load_state_dict(mapped, strict=False)
+    if missing or unexpected:
+        raise UnsupportedModelError(
+            f"cannot map the weights of this '{config.model_type}' model (missing {missing[:3]}, "
+            f"unexpected {unexpected[:3]}): it differs from the standard architecture")
+    return module.eval()
+
+
+@torch.no_grad()
+def check_equivalent(hf_model: nn.Module, module: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
+    """Max abs difference between the HF model and its canonical rebuild."""
+    ours = module(*inputs.values())
+    theirs = hf_model(**inputs)
+    theirs = theirs.logits if hasattr(theirs, "logits") else theirs.last_hidden_state
+    mask = inputs.get("attention_mask")
+    if mask is not None:  # padded rows are meaningless in both
+        keep = mask[..., None].bool()
+        ours, theirs = ours * keep, theirs * keep
+    return float((ours - theirs).abs().max())
