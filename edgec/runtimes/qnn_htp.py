@@ -1,0 +1,287 @@
+"""Qualcomm's HTP NPU through ONNX Runtime's QNN plugin EP, and which nodes it takes.
+
+On x86-64 the onnxruntime-qnn wheel runs the HTP backend in simulation, so a model
+that loads here has passed the backend's op validation and graph finalisation.
+Sessions never fall back to the CPU: a model either runs whole on the HTP or `load`
+refuses it, and `coverage` says which nodes are to blame.
+
+Both sessions skip ORT's graph optimisations: with fallback disabled the QNN EP
+compiles every node itself, and the graph stays the one the model file holds, so
+node names and counts in `coverage` are the model's own.
+"""
+
+import functools
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import onnxruntime_qnn
+
+from edgec.errors import BackendError
+from edgec.runtimes.htp_rewrites import rewrite_for
+from edgec.runtimes.ort_cpu import (ORT_ERRORS, OrtSession, cannot_load, check_model_file, first_line,
+                                    is_bad_model)
+
+EP_NAME = onnxruntime_qnn.EP_NAME
+QnnSession = OrtSession  # the same wrapper; only the session options differ
+_LOG_ID = "edgec-htp-coverage"
+
+# Lines of the QNN EP's verbose session log (LogNodeSupport and the HTP backend's errors).
+_UNIT = re.compile(r"Validation (PASSED|FAILED) for \d+ nodes in OrtNodeUnit \((\S+)\) :(.*)", re.S)
+_MEMBER = re.compile(r"Operator type: (\S+) Node name: (.*?) Node index: \d+")
+_REASON = re.compile(r"REASON : (.*)", re.S)
+_CANNOT_CREATE = re.compile(r"could not create op: (\S+)")
+_GENERATED = re.compile(r'"(.+)" generated: could not create op')
+
+
+@functools.cache
+def _devices() -> list:
+    """Registers the plugin EP once per process (ORT refuses a second registration)."""
+    # The plugin's logger keeps the default severity in force when it registers. At
+    # verbose, coverage() hears graph-finalisation errors through its callback; a
+    # silent callback keeps the registration quiet, then ORT's default comes back.
+    ort.set_default_logger_callback(lambda *message: None, 0)
+    try:
+        ort.register_execution_provider_library(EP_NAME, onnxruntime_qnn.get_library_path())
+    except ORT_ERRORS as e:
+        if "already registered" not in str(e):
+            raise BackendError(f"cannot register the QNN EP ({first_line(e)}); "
+                               "reinstall onnxruntime-qnn matching onnxruntime") from e
+    finally:
+        _restore_default_logger()
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == EP_NAME]
+    if not devices:
+        raise BackendError("the QNN EP offers no device; reinstall onnxruntime-qnn matching onnxruntime")
+    return devices
+
+
+def _restore_default_logger() -> None:
+    ort.set_default_logger_callback(None)
+    ort.set_default_logger_severity(2)  # ORT's default: warnings and worse, to stderr
+
+
+def _options(strict: bool) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    # By default the EP leaves Q of graph inputs and DQ of graph outputs to the CPU
+    # whenever fallback is allowed; "0" makes the probe place them as a strict session does.
+    options.add_provider_for_devices(_devices(), {"backend_path": onnxruntime_qnn.get_qnn_htp_path(),
+                                                  "offload_graph_io_quantization": "0"})
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if strict:
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    return options
+
+
+def load(path: Path) -> QnnSession:
+    """A session whose whole graph runs on the HTP, or BackendError."""
+    check_model_file(path)
+    try:
+        return QnnSession(ort.InferenceSession(str(path), _options(strict=True)))
+    except ORT_ERRORS as e:
+        if is_bad_model(e):
+            raise cannot_load(path, e) from e
+        raise BackendError(f"{path} does not run fully on the HTP ({first_line(e)}); "
+                           "qnn_htp.coverage() names the rejected nodes and their rewrites") from e
+
+
+@dataclass(frozen=True)
+class UnsupportedNode:
+    name: str
+    op_type: str
+    reason: str  # QNN's words
+    rewrite: str  # what to change in the graph, from htp_rewrites
+
+
+@dataclass(frozen=True)
+class HtpCoverage:
+    """How much of a model the HTP takes.
+
+    `total_nodes` counts the model file's top-level nodes, QuantizeLinear and
+    DequantizeLinear included, Constant not (ORT turns it into an initializer);
+    `htp_nodes` those the QNN EP placed on the HTP in a session with CPU fallback.
+    When even that session fails at graph finalisation, `htp_nodes` counts the nodes
+    that passed validation minus those the error names, or 0 if it names none, so a
+    graph that validates but does not build is never 1.0. `fraction` is their ratio.
+    `runs_fully` is the verdict of the session `load()` creates, `error` its reason.
+    """
+
+    total_nodes: int
+    htp_nodes: int
+    runs_fully: bool
+    error: str | None = None
+    unsupported: list[UnsupportedNode] = field(default_factory=list)
+
+    @property
+    def fraction(self) -> float:
+        return self.htp_nodes / self.total_nodes if self.total_nodes else 0.0
+
+    def to_dict(self) -> dict:
+        return {"total_nodes": self.total_nodes, "htp_nodes": self.htp_nodes,
+                "fraction": round(self.fraction, 4), "runs_fully": self.runs_fully,
+                "error": self.error, "unsupported": [asdict(u) for u in self.unsupported]}
+
+
+def coverage(path: Path) -> HtpCoverage:
+    """Which nodes the HTP takes, why it rejects the rest, and whether the whole graph runs.
+
+    Builds two sessions: one with CPU fallback and verbose logs, which says where
+    each node went and why, and the strict one `load()` builds. While the first is
+    built, ORT's default logger goes to a Python callback (not thread-safe with
+    other sessions being built); afterwards it is back at ORT's default, warnings.
+    """
+    check_model_file(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf decode errors have no common base with OSError
+        raise cannot_load(path, e) from e
+    nodes = [n for n in model.graph.node if n.op_type != "Constant"]
+    names = [n.name for n in nodes]
+    source: str | bytes = str(path)
+    if "" in names or len(set(names)) < len(names):
+        source = _with_unique_names(path, nodes)
+        names = [n.name for n in nodes]
+    placed, messages, probe_error = _probe(source)
+    strict_error = _strict_error(source, path)
+
+    verdicts = _verdicts(messages)
+    finalise = {k: v for k, v in _finalise_failures(messages).items() if k in set(names)}
+    if placed is not None:
+        on_htp = placed
+    elif finalise:
+        on_htp = {name for name, v in verdicts.items() if v.accepted} - finalise.keys()
+    else:
+        on_htp = set()
+    by_name = {n.name: n for n in nodes}
+    dtypes = _dtypes(model)
+    unsupported = []
+    for node in nodes:
+        if node.name in on_htp:
+            continue
+        verdict = verdicts.get(node.name, _Verdict(None, node.op_type, "", (node.name,)))
+        if node.name in finalise:
+            reason = finalise[node.name]
+        elif verdict.accepted is False:
+            reason = verdict.reason or "rejected by the QNN EP"
+        elif placed is None:
+            continue  # finalisation failed without naming it: `error` says why
+        elif verdict.accepted is None:
+            reason = "the QNN EP did not take it"
+        elif node.op_type in ("QuantizeLinear", "DequantizeLinear"):
+            reason = "passed validation, but the QNN EP takes no partition of lone Q/DQ nodes"
+        else:
+            reason = "passed validation, but the QNN EP left it on the CPU"
+        unit = [by_name[m] for m in verdict.members if m in by_name] or [node]
+        io = " ".join(dtypes.get(t, "?") for m in unit for t in [*m.input, *m.output] if t)
+        unsupported.append(UnsupportedNode(node.name, node.op_type, reason,
+                                           rewrite_for(verdict.unit_op, f"{reason} | dtypes: {io}")))
+    return HtpCoverage(total_nodes=len(nodes), htp_nodes=sum(n in on_htp for n in names),
+                       runs_fully=strict_error is None, error=strict_error or probe_error,
+                       unsupported=unsupported)
+
+
+def _probe(source: str | bytes) -> tuple[set[str] | None, list[str], str | None]:
+    """A session with CPU fallback and verbose logs: the names on the HTP, the log, the error.
+
+    The QNN EP logs through ORT's logger, so a Python logging callback sees each
+    node's verdict; the placement itself comes from ORT's graph assignment info.
+    """
+    messages: list[str] = []
+    options = _options(strict=False)
+    options.log_severity_level = 0
+    options.logid = _LOG_ID
+    options.intra_op_num_threads = 1  # worker threads would log past the callback, to stderr
+    options.add_session_config_entry("session.record_ep_graph_assignment_info", "1")
+    # Node verdicts come through the session's logger, graph finalisation errors
+    # through the default one ("Default"), and only at verbose severity.
+    ort.set_default_logger_callback(
+        lambda severity, category, logid, location, message:
+            messages.append(message) if logid in (_LOG_ID, "Default") else None, 0)
+    try:
+        session = ort.InferenceSession(source, options)
+    except ORT_ERRORS as e:
+        return None, messages, first_line(e)
+    finally:
+        _restore_default_logger()
+    placed = {node.name for sub in session.get_provider_graph_assignment_info()
+              if sub.ep_name == EP_NAME for node in sub.get_nodes()}
+    return placed, messages, None
+
+
+def _strict_error(source: str | bytes, path: Path) -> str | None:
+    options = _options(strict=True)
+    options.log_severity_level = 4  # the failure comes back as the exception's text
+    try:
+        ort.InferenceSession(source, options)
+    except ORT_ERRORS as e:
+        if is_bad_model(e):
+            raise cannot_load(path, e) from e
+        return first_line(e)
+    return None
+
+
+@dataclass(frozen=True)
+class _Verdict:
+    """The QNN EP judges a node unit (an op with its DQ inputs and Q outputs) as one."""
+
+    accepted: bool | None  # None: no verdict logged
+    unit_op: str
+    reason: str
+    members: tuple[str, ...]
+
+
+def _verdicts(messages: list[str]) -> dict[str, _Verdict]:
+    """Node name -> the verdict on its unit; the last GetCapability pass wins."""
+    out = {}
+    for message in messages:
+        unit = _UNIT.search(message)
+        if not unit:
+            continue
+        reason = _REASON.search(unit.group(3))
+        members = tuple(name for _, name in _MEMBER.findall(unit.group(3)))
+        verdict = _Verdict(unit.group(1) == "PASSED", unit.group(2),
+                           reason.group(1).strip() if reason else "", members)
+        out.update(dict.fromkeys(members, verdict))
+    return out
+
+
+def _finalise_failures(messages: list[str]) -> dict[str, str]:
+    """Node name -> the QNN op that graph finalisation could not create for it."""
+    out, op = {}, "an op"
+    for message in messages:
+        if hit := _CANNOT_CREATE.search(message):
+            op = hit.group(1)
+        if hit := _GENERATED.search(message):
+            out[hit.group(1)] = f"passed validation, but graph finalisation could not create {op}"
+    return out
+
+
+def _dtypes(model: onnx.ModelProto) -> dict[str, str]:
+    """Tensor name -> element type ("float", "int64"), as far as shape inference knows."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model).graph
+    except (onnx.shape_inference.InferenceError, ValueError):
+        inferred = model.graph
+    out = {t.name: onnx.TensorProto.DataType.Name(t.data_type).lower() for t in inferred.initializer}
+    for v in [*inferred.input, *inferred.output, *inferred.value_info]:
+        if v.type.HasField("tensor_type"):
+            out[v.name] = onnx.TensorProto.DataType.Name(v.type.tensor_type.elem_type).lower()
+    return out
+
+
+def _with_unique_names(path: Path, nodes: list[onnx.NodeProto]) -> bytes:
+    """Names unnamed or clashing nodes `<op>_<index>` so each verdict maps to one node."""
+    model = onnx.load(str(path))  # with external data: the probe loads from bytes
+    taken = {n.name for n in nodes}
+    seen: set[str] = set()
+    compute = [n for n in model.graph.node if n.op_type != "Constant"]
+    for i, (node, mirror) in enumerate(zip(compute, nodes)):
+        if not node.name or node.name in seen:
+            name = f"{node.op_type}_{i}"
+            while name in taken:
+                name += "_"
+            node.name = mirror.name = name
+            taken.add(name)
+        seen.add(node.name)
+    return model.SerializeToString()
