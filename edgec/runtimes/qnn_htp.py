@@ -59,7 +59,7 @@ def _devices() -> list:
 
 def _restore_default_logger() -> None:
     ort.set_default_logger_callback(None)
-    ort.set_default_logger_severity(2)  # ORT's default: warnings and worse, to stderr
+    ort.set_default_logger_severity(3)  # errors only: edgec reports failures as exceptions
 
 
 def _options(strict: bool) -> ort.SessionOptions:
@@ -144,6 +144,8 @@ def coverage(path: Path) -> HtpCoverage:
         names = [n.name for n in nodes]
     placed, messages, probe_error = _probe(source)
     strict_error = _strict_error(source, path)
+    if strict_error is None:  # a strict session exists only when every node runs on the HTP
+        placed = set(names)
 
     verdicts = _verdicts(messages)
     finalise = {k: v for k, v in _finalise_failures(messages).items() if k in set(names)}
@@ -210,6 +212,12 @@ def _probe(source: str | bytes) -> tuple[set[str] | None, list[str], str | None]
 
 
 def _strict_error(source: str | bytes, path: Path) -> str | None:
+    """Why the session `load()` builds fails, or None when it runs.
+
+    With fallback allowed the EP's partitioner may leave a lone node (a Transpose
+    between Q/DQ) on the CPU that the HTP runs when it must; the strict session,
+    which only exists when every node is on the HTP, is the verdict a device gets.
+    """
     options = _options(strict=True)
     options.log_severity_level = 4  # the failure comes back as the exception's text
     try:

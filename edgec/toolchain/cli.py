@@ -1,0 +1,102 @@
+"""The `edgec` command line. User errors end in one line and exit code 2."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from edgec.errors import EdgecError
+
+EXIT_USER_ERROR = 2
+
+
+def _quiet_libraries() -> None:
+    """Third-party import chatter (torchao kernels, transformers bars) hides edgec's own output."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore")
+    logging.getLogger().setLevel(logging.ERROR)
+    for name in ("torchao", "torch", "transformers", "executorch", "onnxruntime", "root"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"edgec: error: {message}", err=True)
+    sys.exit(EXIT_USER_ERROR)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgec")
+def cli() -> None:
+    """Take a model to integer-only edge artifacts, verified on real runtimes."""
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--target", "-t", default="npu", show_default=True,
+              help="cpu (int8 ONNX + ExecuTorch) or npu (integer-only, Qualcomm HTP).")
+@click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
+              help="Output directory (replaced whole when the export succeeds).")
+@click.option("--calib", type=click.Path(path_type=Path),
+              help="Calibration data: .txt/.jsonl (one sample per line) or a folder of images.")
+@click.option("--calib-samples", type=int, help="Calibration samples to use [default: 32].")
+@click.option("--seq-len", type=int, help="Static sequence length of text models [default: 128].")
+@click.option("--recipe", type=click.Path(path_type=Path), help="Recipe file (JSON or YAML).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def export(model, target, out, calib, calib_samples, seq_len, recipe, quiet) -> None:
+    """Export MODEL (a zoo name or a Hugging Face directory) for --target."""
+    from edgec.toolchain.pipeline import export as run_export
+    from edgec.toolchain.progress import Progress
+    from edgec.toolchain.recipe import load_recipe
+
+    try:
+        r = load_recipe(recipe).with_overrides(calib_samples=calib_samples, seq_len=seq_len)
+    except ValueError as e:
+        _fail(f"{e}: fix the option value")
+    progress = Progress(quiet)
+    report = run_export(model, target, out, calib, r, progress)
+    if not quiet:
+        acc = report["accuracy"]
+        progress.console.print(
+            f"[bold]{report['model']['name']}[/] -> {out}  ({acc['metric']}: {acc['quantized']:.4f}, "
+            f"size {min(report['size_ratio'].values()):.3f}x float)")
+    click.echo(str(out / "report.md"))
+
+
+@cli.group()
+def zoo() -> None:
+    """Built-in models."""
+
+
+@zoo.command("list")
+def zoo_list() -> None:
+    """List the built-in models."""
+    from edgec.toolchain.zoo import ZOO
+
+    for entry in ZOO.values():
+        click.echo(f"{entry.name:12s} {entry.description}")
+
+
+def main() -> None:
+    _quiet_libraries()
+    try:
+        cli(standalone_mode=False)
+    except EdgecError as e:
+        _fail(str(e))
+    except click.exceptions.Abort:
+        _fail("interrupted")
+    except click.ClickException as e:
+        _fail(e.format_message())
+    except KeyboardInterrupt:
+        _fail("interrupted")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Accuracy metrics against the float model, on held-out data."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from edgec.toolchain.data import Feed
+
+
+def pooled(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Masked mean over tokens: the sentence embedding all-MiniLM-L6-v2 is trained for."""
+    m = mask[..., None].astype(np.float32)
+    return (hidden * m).sum(1) / np.maximum(m.sum(1), 1.0)
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.ravel().astype(np.float64), b.ravel().astype(np.float64)
+    return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+
+
+def outputs(run: Callable[[Feed], np.ndarray], feeds: list[Feed]) -> list[np.ndarray]:
+    return [run(f) for f in feeds]
+
+
+def text_metric(reference: list[np.ndarray], candidate: list[np.ndarray], feeds: list[Feed]) -> dict:
+    cs = [cosine(pooled(r, f["attention_mask"]), pooled(c, f["attention_mask"]))
+          for r, c, f in zip(reference, candidate, feeds)]
+    return {"value": float(np.mean(cs)), "min": float(np.min(cs)), "samples": len(cs)}
+
+
+def image_metric(reference: list[np.ndarray], candidate: list[np.ndarray], labels: np.ndarray | None) -> dict:
+    ref = np.array([r.argmax() for r in reference])
+    got = np.array([c.argmax() for c in candidate])
+    if labels is None:  # no labels: how often the quantized model agrees with float
+        return {"value": float((ref == got).mean()), "samples": len(got)}
+    return {"value": float((got == labels[:len(got)]).mean()), "samples": len(got)}

@@ -1,0 +1,137 @@
+"""Model sources -> the canonical module plus what it needs around it.
+
+A source is a zoo name or a local Hugging Face directory. Loading checks the
+files before transformers sees them, so a typo or a corrupt download fails
+with one clear line, and verifies that the canonical rebuild computes what the
+original model computes.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from edgec.errors import ExportError, InputError
+from edgec.models.hf import check_equivalent, family, from_hf
+from edgec.toolchain.zoo import ZOO
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    source_dir: Path
+    kind: str  # "text" | "image"
+    module: torch.nn.Module  # the canonical encoder, eval mode, float32
+    config: Any  # the HF config
+    tokenizer: Any = None  # text models
+    preprocess_file: Callable[[Path], np.ndarray] | None = None  # image models: file -> [C,H,W]
+    zoo: bool = False
+
+    @property
+    def tokenizer_files(self) -> list[Path]:
+        return [self.source_dir / f for f in TOKENIZER_FILES if (self.source_dir / f).is_file()]
+
+
+def _read_config(path: Path):
+    from transformers import AutoConfig
+
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise InputError(f"{path} has no config.json: give a Hugging Face model directory or a zoo name "
+                         f"({', '.join(ZOO)})")
+    try:
+        json.loads(cfg_file.read_text())
+        return AutoConfig.from_pretrained(path, local_files_only=True)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise InputError(f"{cfg_file} is not valid JSON: re-export the model directory") from None
+    except (ValueError, KeyError) as e:
+        raise InputError(f"{cfg_file} is not a config transformers knows ({str(e).splitlines()[0]})") from None
+
+
+def _check_weights(path: Path) -> None:
+    files = sorted(path.glob("*.safetensors")) + sorted(path.glob("pytorch_model*.bin"))
+    if not files:
+        raise InputError(f"{path} holds no weights (model.safetensors): re-export the model directory")
+    for f in path.glob("*.safetensors"):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(f, framework="pt") as sf:
+                for key in list(sf.keys())[:1]:
+                    sf.get_slice(key)
+        except Exception as e:  # safetensors raises its own and OS errors alike
+            raise InputError(f"{f} is corrupt or truncated ({str(e).splitlines()[0]}): "
+                             "re-download or re-save the weights") from None
+
+
+def _load_hf(path: Path, kind: str):
+    from transformers import AutoModel, AutoModelForImageClassification
+
+    cls = AutoModel if kind == "text" else AutoModelForImageClassification
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return cls.from_pretrained(path, local_files_only=True, attn_implementation="eager").eval()
+    except (OSError, ValueError, RuntimeError, KeyError) as e:
+        raise InputError(f"cannot load the weights in {path} ({str(e).splitlines()[0][:200]}): "
+                         "check that they match config.json") from None
+
+
+def _image_preprocess(path: Path, config) -> Callable[[Path], np.ndarray]:
+    if (path / "preprocessor.json").is_file():  # edgec's own zoo format
+        spec = json.loads((path / "preprocessor.json").read_text())
+        if spec.get("image_size") == 8 and spec.get("num_channels") == 1:
+            from edgec.calibration.digits import preprocess_image_file
+            return preprocess_image_file
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError):
+        raise InputError(f"{path} has no image preprocessor (preprocessor_config.json): add one") from None
+
+    def run(file: Path) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(file) as im:
+            return processor(images=im.convert("RGB" if config.num_channels == 3 else "L"),
+                             return_tensors="np")["pixel_values"][0].astype(np.float32)
+    return run
+
+
+def load(source: str) -> LoadedModel:
+    zoo = source in ZOO
+    path = ZOO[source].locate() if zoo else Path(source)
+    if not path.exists():
+        raise InputError(f"model '{source}' is neither a zoo name ({', '.join(ZOO)}) nor an existing directory")
+    if not path.is_dir():
+        raise InputError(f"{path} is a file: give the Hugging Face model directory that holds it")
+    config = _read_config(path)
+    kind = family(config)["kind"]
+    _check_weights(path)
+    hf = _load_hf(path, kind)
+    module = from_hf(hf)
+    model = LoadedModel(source if zoo else path.name, path, kind, module, config, zoo=zoo)
+    if kind == "text":
+        from edgec.calibration.text import load_tokenizer
+        model.tokenizer = load_tokenizer(path)
+        s = 16
+        probe = {"input_ids": torch.randint(5, config.vocab_size, (1, s)),
+                 "attention_mask": torch.tensor([[1] * 12 + [0] * 4])}
+    else:
+        model.preprocess_file = _image_preprocess(path, config)
+        probe = {"pixel_values": torch.randn(1, config.num_channels, config.image_size, config.image_size)}
+    err = check_equivalent(hf, module, probe)
+    if not err < 1e-3:
+        raise ExportError(f"the rebuilt {config.model_type} graph differs from the original by {err:.2e}: "
+                          "this variant of the architecture is not supported")
+    return model

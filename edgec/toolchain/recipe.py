@@ -1,0 +1,68 @@
+"""A recipe: the settings of one export, loadable from a JSON or YAML file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+from edgec.calibration.plan import PrecisionPlan
+from edgec.errors import InputError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recipe:
+    seq_len: int = 128
+    calib_samples: int = 32
+    eval_samples: int = 160  # held-out samples for accuracy on ORT CPU and ExecuTorch
+    htp_eval_samples: int = 8  # the HTP simulator takes seconds per run
+    bench_runs: int = 20
+    plan: PrecisionPlan | None = None  # None: the target's own plan
+
+    def __post_init__(self):
+        for name in ("seq_len", "calib_samples", "eval_samples", "htp_eval_samples", "bench_runs"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seq_len > 4096:
+            raise ValueError(f"seq_len {self.seq_len} is larger than any supported encoder")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["plan"] = self.plan.to_dict() if self.plan else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Recipe":
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
+        d = dict(d)
+        if d.get("plan") is not None:
+            d["plan"] = PrecisionPlan.from_dict(d["plan"])
+        return cls(**d)
+
+    def with_overrides(self, **kw) -> "Recipe":
+        return replace(self, **{k: v for k, v in kw.items() if v is not None})
+
+
+def load_recipe(path: Path | None) -> Recipe:
+    if path is None:
+        return Recipe()
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"recipe file {path} does not exist: check the path")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("the top level must be a mapping")
+        return Recipe.from_dict(data)
+    except (ValueError, TypeError) as e:
+        raise InputError(f"recipe {path} is invalid: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # yaml's own errors
+        raise InputError(f"recipe {path} cannot be parsed: {str(e).splitlines()[0]}") from None

@@ -1,0 +1,71 @@
+"""report.md: the same facts as report.json, for a person."""
+
+from __future__ import annotations
+
+
+def _kb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _table(header: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
+            *("| " + " | ".join(str(c) for c in r) + " |" for r in rows), ""]
+
+
+def render_markdown(r: dict) -> str:
+    m = r["model"]
+    lines = [f"# edgec export: {m['name']} for {r['target']}", "",
+             f"{r['target_description']}.", "",
+             f"Model: `{m['architecture']}` ({m['kind']}), {m['parameters']:,} parameters. "
+             f"Export took {r['export_seconds']} s.", "", "## Artifacts", ""]
+    lines += _table(["file", "format", "runtime", "size", "vs float ONNX"],
+                    [[f"`{a['path']}`", a["format"], a["runtime"], _kb(a["bytes"]),
+                      f"{r['size_ratio'][a['path']]:.3f}x"] for a in r["artifacts"]])
+    lines.append(f"Float ONNX baseline: {_kb(r['float_bytes'])}.")
+    lines.append("")
+    acc = r["accuracy"]
+    lines += ["## Accuracy", "", f"Metric: {acc['metric']}, on {acc['data']}. Float: {acc['float']:.4f}.", ""]
+    rows = [[k, f"{v['value']:.4f}", f"{v['min']:.4f}" if "min" in v else "", v["samples"]]
+            for k, v in acc["per_runtime"].items()]
+    lines += _table(["artifact@runtime", "value", "worst sample", "samples"], rows)
+    lines += ["## Latency (ms, median / p90 of warm runs, this machine, one run)", ""]
+    labels = list(next(iter(r["latency_ms"].values())))
+    base = r["latency_ms"]["float.onnx@ort-cpu"]
+    rows = []
+    for name, per_input in r["latency_ms"].items():
+        row = [name]
+        for label in labels:
+            t = per_input.get(label)
+            if t is None:
+                row.append("")
+                continue
+            ratio = t["median"] / base[label]["median"]
+            mark = " (simulated)" if t.get("simulated") else ""
+            row.append(f"{t['median']:.2f} / {t['p90']:.2f} ({ratio:.2f}x){mark}")
+        rows.append(row)
+    lines += _table(["artifact@runtime", *labels], rows)
+    if "graph" in r:
+        lines += ["## What the graph does", "", r["graph"], ""]
+    if "npu" in r:
+        n = r["npu"]
+        lines += ["## NPU", "",
+                  f"Backend: {n['backend']} (simulated on x86-64), CPU fallback disabled.", "",
+                  f"- HTP op coverage: {n['coverage']:.1%} ({n['htp_nodes']}/{n['total_nodes']} nodes); "
+                  f"runs whole on the HTP: {'yes' if n['runs_fully'] else 'no'}",
+                  f"- integer-only graph: {'yes' if n['integer_only'] else 'no'}",
+                  f"- 16-bit tensors: {len(n['int16_tensors'])} "
+                  f"({r['precision'].get('int16_why') or 'none'})", ""]
+        if n.get("unsupported"):
+            lines += _table(["node", "op", "reason", "rewrite that fixes it"],
+                            [[u["name"], u["op_type"], u["reason"], u["rewrite"]] for u in n["unsupported"]])
+        if n.get("integer_violations"):
+            lines += _table(["node", "op", "why it is not integer-only"],
+                            [[v["node"], v["op"], v["reason"]] for v in n["integer_violations"]])
+    if "calibration" in r:
+        c = r["calibration"]
+        lines += ["## Calibration", "", f"Data: {c['source']}."]
+        if c.get("observers_chosen"):
+            lines.append(f"Observer: {c['observer']}; ranges chosen per tensor: "
+                         + ", ".join(f"{k} {v}" for k, v in c["observers_chosen"].items()) + ".")
+        lines.append("")
+    return "\n".join(lines)
