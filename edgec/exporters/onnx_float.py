@@ -29,9 +29,18 @@ def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], 
             torch.onnx.export(module.eval(), args, tmp, input_names=list(example_inputs),
                               output_names=output_names, opset_version=opset, dynamo=False,
                               do_constant_folding=True)
+        _fold(Path(tmp))
         os.replace(tmp, out_path)
     except Exception as e:  # the exporter raises many types; all mean the same to the user
         Path(tmp).unlink(missing_ok=True)
         raise ExportError(f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0]}): "
                           "the model uses an op the exporter cannot trace") from e
     return Artifact(out_path, "onnx", "ort-cpu")
+
+
+def _fold(path: Path) -> None:
+    """Fold constants and static shape arithmetic: NPUs reject shape ops on static graphs."""
+    import onnx
+    from onnxscript import optimizer
+
+    onnx.save(optimizer.optimize(onnx.load(path)), path)

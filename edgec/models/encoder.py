@@ -119,7 +119,9 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         x = self.patch(pixel_values).flatten(2).transpose(1, 2)
-        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        # exports have batch 1: a plain concat keeps Expand/shape arithmetic out of the graph
+        cls = self.cls if x.shape[0] == 1 else self.cls.expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1) + self.pos
         for layer in self.layers:
             x = layer(x, None)
         return self.head(self.ln(x[:, 0]))

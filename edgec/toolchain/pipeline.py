@@ -127,7 +127,7 @@ class Export:
             per_runtime[f"{art.path.name}@{self._cpu_runtime(art)}"] = self.metric(
                 reference, self.run_all(self._cpu_session(art), art.path.name))
         if self.htp_ok:
-            n = self.recipe.htp_eval_samples
+            n = self.recipe.htp_eval_samples or (8 if self.model.kind == "text" else 100)
             per_runtime["model.onnx@qnn-htp"] = self.metric(
                 reference[:n], self.run_all(session(self.artifacts[0]), "on the HTP simulator", n))
         primary = per_runtime[next(iter(per_runtime))]

@@ -15,13 +15,13 @@ class Recipe:
     seq_len: int = 128
     calib_samples: int = 32
     eval_samples: int = 160  # held-out samples for accuracy on ORT CPU and ExecuTorch
-    htp_eval_samples: int = 8  # the HTP simulator takes seconds per run
+    htp_eval_samples: int | None = None  # None: 8 for text (seconds per run on the simulator), 100 for images
     bench_runs: int = 20
     plan: PrecisionPlan | None = None  # None: the target's own plan
 
     def __post_init__(self):
         for name in ("seq_len", "calib_samples", "eval_samples", "htp_eval_samples", "bench_runs"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.seq_len > 4096:
             raise ValueError(f"seq_len {self.seq_len} is larger than any supported encoder")

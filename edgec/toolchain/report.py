@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+MAX_ROWS = 20  # longer lists stay in report.json
+
 
 def _kb(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
@@ -56,11 +58,14 @@ def render_markdown(r: dict) -> str:
                   f"- 16-bit tensors: {len(n['int16_tensors'])} "
                   f"({r['precision'].get('int16_why') or 'none'})", ""]
         if n.get("unsupported"):
+            shown = n["unsupported"][:MAX_ROWS]
             lines += _table(["node", "op", "reason", "rewrite that fixes it"],
-                            [[u["name"], u["op_type"], u["reason"], u["rewrite"]] for u in n["unsupported"]])
+                            [[u["name"], u["op_type"], u["reason"], u["rewrite"]] for u in shown])
+            if len(n["unsupported"]) > MAX_ROWS:
+                lines += [f"... and {len(n['unsupported']) - MAX_ROWS} more in report.json.", ""]
         if n.get("integer_violations"):
             lines += _table(["node", "op", "why it is not integer-only"],
-                            [[v["node"], v["op"], v["reason"]] for v in n["integer_violations"]])
+                            [[v["node"], v["op"], v["reason"]] for v in n["integer_violations"][:MAX_ROWS]])
     if "calibration" in r:
         c = r["calibration"]
         lines += ["## Calibration", "", f"Data: {c['source']}."]
