@@ -52,6 +52,9 @@ def cli() -> None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def export(model, target, out, calib, calib_samples, seq_len, recipe, quiet) -> None:
     """Export MODEL (a zoo name or a Hugging Face directory) for --target."""
+    import torch  # noqa: F401  (torch resets its loggers on import; quiet them after)
+
+    logging.getLogger("torch").setLevel(logging.ERROR)
     from edgec.toolchain.pipeline import export as run_export
     from edgec.toolchain.progress import Progress
     from edgec.toolchain.recipe import load_recipe

@@ -1,0 +1,33 @@
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from edgec.toolchain import cli
+
+
+@pytest.fixture
+def run_cli(monkeypatch, capsys):
+    """Run `edgec ARGS` in-process through the real entry point; (exit code, stdout, stderr)."""
+
+    def run(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["edgec", *map(str, args)])
+        code = 0
+        try:
+            cli.main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        out = capsys.readouterr()
+        return code, out.out, out.err
+    return run
+
+
+@pytest.fixture
+def vit_copy(tmp_path) -> Path:
+    """A writable copy of the vit-digits model directory, to corrupt."""
+    from edgec.toolchain.zoo import ZOO
+
+    dst = tmp_path / "vit"
+    shutil.copytree(ZOO["vit-digits"].locate(), dst)
+    return dst

@@ -1,0 +1,97 @@
+"""End to end: `edgec export ZOO --target npu` on both zoo models, through the CLI."""
+
+import json
+
+import onnx
+import pytest
+
+from edgec.exporters.integer_check import check_integer_only
+
+FAST = {"eval_samples": 24, "bench_runs": 3, "calib_samples": 8, "htp_eval_samples": 2}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """Export each zoo model once for the module; the CLI is the entry point under test."""
+    import sys
+    from edgec.toolchain import cli
+
+    root = tmp_path_factory.mktemp("npu")
+    recipe = root / "fast.json"
+    recipe.write_text(json.dumps(FAST))
+    outs = {}
+    for name in ("vit-digits", "minilm"):
+        out = root / name
+        sys.argv = ["edgec", "export", name, "--target", "npu", "-o", str(out), "--recipe", str(recipe), "-q"]
+        try:
+            cli.main()
+        except SystemExit as e:
+            assert not e.code, f"export of {name} failed"
+        outs[name] = out
+    return outs
+
+
+@pytest.mark.parametrize("name", ["vit-digits", "minilm"])
+def test_bundle_files(exported, name):
+    out = exported[name]
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "manifest.json", "report.json", "report.md"} <= names
+    assert "model.pte" not in names
+    assert not list(out.parent.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("name", ["vit-digits", "minilm"])
+def test_runs_whole_on_htp_and_integer_only(exported, name):
+    report = json.loads((exported[name] / "report.json").read_text())
+    npu = report["npu"]
+    assert npu["backend"] == "qnn-htp"
+    assert npu["runs_fully"] is True and npu["coverage"] == 1.0 and npu["unsupported"] == []
+    assert npu["integer_only"] is True
+    # the checker agrees when run independently on the shipped file
+    assert check_integer_only(onnx.load(exported[name] / "model.onnx")).integer_only
+    assert len(npu["int16_tensors"]) > 0 and report["precision"]["int16_why"]
+
+
+def test_minilm_accuracy_and_size(exported):
+    report = json.loads((exported["minilm"] / "report.json").read_text())
+    acc = report["accuracy"]
+    assert acc["metric"].startswith("pooled")
+    assert acc["per_runtime"]["model.onnx@ort-cpu"]["samples"] == FAST["eval_samples"]
+    assert acc["quantized"] >= 0.99
+    assert acc["per_runtime"]["model.onnx@qnn-htp"]["value"] >= 0.99
+    assert report["size_ratio"]["model.onnx"] <= 0.30
+    assert report["artifacts"][0]["bytes"] == (exported["minilm"] / "model.onnx").stat().st_size
+
+
+def test_vit_digits_top1_drop(exported):
+    acc = json.loads((exported["vit-digits"] / "report.json").read_text())["accuracy"]
+    assert acc["metric"] == "top-1 accuracy"
+    assert acc["float"] >= 0.95
+    assert acc["float"] - acc["quantized"] <= 0.01
+
+
+@pytest.mark.parametrize("name", ["vit-digits", "minilm"])
+def test_latency_is_measured_for_float_and_artifact(exported, name):
+    lat = json.loads((exported[name] / "report.json").read_text())["latency_ms"]
+    for key in ("float.onnx@ort-cpu", "model.onnx@ort-cpu"):
+        for timing in lat[key].values():
+            assert timing["runs"] == FAST["bench_runs"] and 0 < timing["median"] <= timing["p90"]
+
+
+def test_minilm_manifest(exported):
+    out = exported["minilm"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    art = manifest["artifacts"][0]
+    assert [i["name"] for i in art["inputs"]] == ["input_ids", "attention_mask"]
+    assert all(i["shape"] == [1, 128] and i["dtype"].startswith("int") for i in art["inputs"])
+    assert art["outputs"][0]["name"] == "last_hidden_state" and art["outputs"][0]["shape"] == [1, 128, 384]
+    assert art["outputs"][0]["quantization"]["dtype"] == "uint16"
+    for f in manifest["tokenizer"]["files"]:
+        assert (out / f).is_file()
+
+
+def test_report_md_renders_the_figures(exported):
+    text = (exported["minilm"] / "report.md").read_text()
+    report = json.loads((exported["minilm"] / "report.json").read_text())
+    assert f"{report['accuracy']['quantized']:.4f}" in text
+    assert "HTP op coverage: 100.0%" in text and "integer-only graph: yes" in text
