@@ -43,6 +43,14 @@ def qdq_error(x: np.ndarray, lo: float, hi: float, bits: int) -> float:
     return float(np.mean(((q - zp) * scale - x) ** 2))
 
 
+def sqnr_db(stats: TensorStats, bits: int) -> float:
+    """Signal-to-quantization-noise ratio of the best `bits`-bit range, in dB."""
+    v = stats.values()
+    _, lo, hi = choose_range(stats, "auto", bits)
+    noise = qdq_error(v, lo, hi, bits)
+    return float(10 * np.log10(max(float(np.mean(v.astype(np.float64) ** 2)), 1e-30) / max(noise, 1e-30)))
+
+
 def candidates(stats: TensorStats, observer: str) -> dict[str, tuple[float, float]]:
     v = stats.values()
     out = {"minmax": (stats.lo, stats.hi)}

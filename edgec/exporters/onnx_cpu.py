@@ -5,8 +5,9 @@ ORT's fastest int8 path for encoders is its fused `QAttention` plus
 fails silently at each step, so every step here is pinned and checked:
 - the TorchScript exporter (`dynamo=False`): its graph has the MatMul/Add,
   Reshape/Transpose shape that `onnxruntime.transformers`' BERT fusions match;
-- `optimize_model(..., opt_level=0)`: any ORT level first rewrites MatMul+Add
-  into Gemm, after which the attention fusion matches nothing;
+- `optimize_model(..., opt_level=0)`, the Python fusions alone: ORT's own
+  level-1 passes turn a static-shape MatMul+Add into Gemm, which no attention
+  pattern matches (SkipPadding's dynamic shapes happen to dodge that);
 - `quantize_dynamic` with per-channel int8 weights (per-tensor loses about
   0.025 pooled cosine on MiniLM) turns `Attention` into `QAttention`;
 - the fused-node count is checked, since a missed fusion still gives a valid
@@ -20,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,12 +43,20 @@ def _torch_inputs(example_inputs: dict[str, np.ndarray]) -> tuple[torch.Tensor, 
     return tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in example_inputs.values())
 
 
+def _output_name(module: nn.Module) -> str:
+    if isinstance(module, (TextEncoder, SkipPadding)):
+        return "last_hidden_state"
+    return "logits" if isinstance(module, VisionEncoder) else "output"
+
+
 def _torchscript_export(module: nn.Module, example_inputs: dict[str, np.ndarray], path: Path) -> None:
     """Static input shapes; shapes inside the graph (SkipPadding's token count) stay dynamic."""
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # chosen on purpose: ORT's fusions match its graphs, not the dynamo exporter's
+            warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
             torch.onnx.export(module.eval(), _torch_inputs(example_inputs), str(path),
-                              input_names=list(example_inputs), output_names=["output"],
+                              input_names=list(example_inputs), output_names=[_output_name(module)],
                               opset_version=OPSET, dynamo=False, do_constant_folding=True)
     except Exception as e:  # the exporter raises many unrelated types
         raise ExportError(f"ONNX export of {type(module).__name__} failed ({e}); "
@@ -128,6 +138,7 @@ def export_cpu_int8(module: nn.Module, example_inputs: dict[str, np.ndarray], ou
                     num_heads: int, hidden_size: int) -> Artifact:
     """Export, fuse, quantize and check; writes out_path only when every step succeeded.
 
+    `example_inputs` are in forward-argument order and fix the input shapes.
     `num_heads`/`hidden_size` are the fallback when ORT cannot read them from
     the graph; per-layer head counts (pruned models) are read from the graph.
     """
@@ -138,9 +149,11 @@ def export_cpu_int8(module: nn.Module, example_inputs: dict[str, np.ndarray], ou
         fused = _fuse(tmp / "float.onnx", tmp / "fused.onnx", num_heads, hidden_size)
         if fused["Attention"] < expected:
             raise ExportError(
-                f"ONNX Runtime fused {fused['Attention']} of {expected} attention blocks: the int8 model "
-                "would run unfused and slow. Check num_heads/hidden_size, and that the attention is "
-                "exported as MatMul+Add, Reshape, Transpose, MatMul, Div, Softmax (see SkipPadding)")
+                f"ONNX Runtime fused {fused['Attention']} of {expected} attention blocks, so the int8 model "
+                "would run unfused and several times slower. Its BERT fusion matches only projections "
+                "exported as MatMul+Add -> Reshape -> Transpose and scores as MatMul -> Div -> Softmax "
+                "-> MatMul (the form SkipPadding exports): keep that form in any rewrite of the "
+                "attention, and use the onnxruntime version pinned in pyproject.toml")
         _quantize(tmp / "fused.onnx", tmp / "int8.onnx")
         model = onnx.load(str(tmp / "int8.onnx"))
         quantized = op_counts(model)

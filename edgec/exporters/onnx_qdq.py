@@ -20,7 +20,7 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantType, quantize
 from onnxruntime.quantization.execution_providers.qnn import get_qnn_qdq_config
 
-from edgec.calibration.observers import TensorStats, choose_range
+from edgec.calibration.observers import TensorStats, choose_range, sqnr_db
 from edgec.calibration.plan import PrecisionPlan
 from edgec.errors import ExportError
 from edgec.exporters.artifact import Artifact
@@ -29,10 +29,30 @@ _QTYPES = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16}
 _BITS = {"uint8": 8, "uint16": 16}
 
 
+# Below this 8-bit SQNR a tensor needs 16 bits (outliers or a wide dynamic range).
+NEEDS_16BIT_DB = 30.0
+
+
 @dataclass
 class QdqResult:
     artifact: Artifact
     observers: dict[str, int]  # which observer won how many tensors
+    sqnr8_db: dict[str, float]  # per activation: what 8 bits would have kept
+
+    def int16_reasons(self, names: list[str]) -> list[dict]:
+        """Why each 16-bit tensor is 16-bit: needed by its range, or kept for a uniform width."""
+        out = []
+        for name in names:
+            db = self.sqnr8_db.get(name)
+            if db is None:
+                reason = "constant operand of a 16-bit op"
+            elif db < NEEDS_16BIT_DB:
+                reason = f"needed: 8 bits would keep only {db:.1f} dB SQNR (< {NEEDS_16BIT_DB:.0f} dB)"
+            else:
+                reason = (f"uniform activation width (the HTP fails to build graphs mixing 8- and "
+                          f"16-bit activations); 8 bits would keep {db:.1f} dB")
+            out.append({"tensor": name, "sqnr8_db": None if db is None else round(db, 1), "reason": reason})
+        return out
 
 
 class _Feeds(CalibrationDataReader):
@@ -65,7 +85,7 @@ def weight_overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
 
 
 def activation_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], plan: PrecisionPlan,
-                      seed: int = 0) -> tuple[dict[str, list[dict]], dict[str, int]]:
+                      seed: int = 0) -> tuple[dict[str, list[dict]], dict[str, int], dict[str, float]]:
     """Run the float graph with every intermediate exposed and pick a range per tensor."""
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -81,12 +101,13 @@ def activation_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]
         for name, value in zip(names, sess.run(names, feed)):
             if value.dtype == np.float32 and value.size:
                 stats.setdefault(name, TensorStats()).update(value, rng)
-    overrides, won = {}, collections.Counter()
+    overrides, won, sqnr8 = {}, collections.Counter(), {}
     for name, st in stats.items():
         observer, lo, hi = choose_range(st, plan.observer, _BITS[plan.activations])
         won[observer] += 1
         overrides[name] = [{"rmin": np.float32(lo), "rmax": np.float32(hi)}]
-    return overrides, dict(won)
+        sqnr8[name] = sqnr_db(st, 8)
+    return overrides, dict(won), sqnr8
 
 
 def quantize_qdq(float_path: Path, out_path: Path, feeds: list[dict[str, np.ndarray]],
@@ -94,7 +115,7 @@ def quantize_qdq(float_path: Path, out_path: Path, feeds: list[dict[str, np.ndar
     if not feeds:
         raise ExportError("no calibration samples: give --calib data with at least one sample")
     model = onnx.load(float_path)
-    overrides, won = activation_ranges(model, feeds, plan)
+    overrides, won, sqnr8 = activation_ranges(model, feeds, plan)
     overrides.update(weight_overrides(model))
     config = get_qnn_qdq_config(
         model, _Feeds(feeds[:2]), calibrate_method=CalibrationMethod.MinMax,
@@ -107,4 +128,4 @@ def quantize_qdq(float_path: Path, out_path: Path, feeds: list[dict[str, np.ndar
         os.replace(tmp, out_path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    return QdqResult(Artifact(out_path, "onnx-qdq", "qnn-htp"), won)
+    return QdqResult(Artifact(out_path, "onnx-qdq", "qnn-htp"), won, sqnr8)

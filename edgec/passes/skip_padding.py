@@ -14,7 +14,8 @@ Mul, which that fusion does not match. Dividing by sqrt(head_dim) instead of
 multiplying by its inverse differs only by float rounding.
 
 Real rows equal the `TextEncoder`'s up to float rounding: its masked keys get
-weight exp(mask_value), which underflows to zero in float32.
+weight exp(mask_value), which underflows to zero in float32. Real tokens keep
+their positions, so this holds for any mask, not only right padding.
 """
 
 from __future__ import annotations
@@ -40,11 +41,8 @@ def _attend(attn: Attention, x: torch.Tensor) -> torch.Tensor:
 
 
 def _block(layer: Block, x: torch.Tensor) -> torch.Tensor:
-    """`Block.forward` with `_attend` in place of the masked attention."""
+    """`Block.forward` (post-LN, as in every TextEncoder) with `_attend` in place of the masked attention."""
     act = ACTIVATIONS[layer.act_name]
-    if layer.pre_norm:
-        x = x + _attend(layer.attn, layer.ln1(x))
-        return x + layer.fc2(act(layer.fc1(layer.ln2(x))))
     x = layer.ln1(x + _attend(layer.attn, x))
     return layer.ln2(x + layer.fc2(act(layer.fc1(x))))
 

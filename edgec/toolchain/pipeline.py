@@ -100,7 +100,7 @@ class Export:
         self.report["npu"] = {"backend": self.target.npu_backend, **cov.to_dict(),
                               "coverage": cov.fraction, "integer_only": check.integer_only,
                               "integer_violations": check.violations[:50],
-                              "int16_tensors": check.int16_tensors}
+                              "int16_tensors": result.int16_reasons(check.int16_tensors)}
         self.htp_ok = cov.runs_fully
 
     def _build_dynamic(self) -> None:

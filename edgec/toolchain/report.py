@@ -57,6 +57,13 @@ def render_markdown(r: dict) -> str:
                   f"- integer-only graph: {'yes' if n['integer_only'] else 'no'}",
                   f"- 16-bit tensors: {len(n['int16_tensors'])} "
                   f"({r['precision'].get('int16_why') or 'none'})", ""]
+        needed = [t for t in n["int16_tensors"] if t["reason"].startswith("needed")]
+        if needed:
+            lines += [f"{len(needed)} of them need 16 bits by their own range (8-bit SQNR below "
+                      f"30 dB); the worst:", ""]
+            lines += _table(["tensor", "8-bit SQNR (dB)"],
+                            [[t["tensor"], t["sqnr8_db"]] for t in
+                             sorted(needed, key=lambda t: t["sqnr8_db"])[:10]])
         if n.get("unsupported"):
             shown = n["unsupported"][:MAX_ROWS]
             lines += _table(["node", "op", "reason", "rewrite that fixes it"],
