@@ -75,6 +75,10 @@ def _check_weights(path: Path) -> None:
 
 def _load_hf(path: Path, kind: str):
     from transformers import AutoModel, AutoModelForImageClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # edgec shows its own progress
+    hf_logging.set_verbosity_error()
 
     cls = AutoModel if kind == "text" else AutoModelForImageClassification
     try:

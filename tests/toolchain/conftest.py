@@ -12,6 +12,7 @@ def run_cli(monkeypatch, capsys):
     """Run `edgec ARGS` in-process through the real entry point; (exit code, stdout, stderr)."""
 
     def run(*args: str) -> tuple[int, str, str]:
+        capsys.readouterr()  # drop what the test's own setup printed
         monkeypatch.setattr(sys, "argv", ["edgec", *map(str, args)])
         code = 0
         try:
