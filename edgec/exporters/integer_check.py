@@ -57,7 +57,8 @@ def check_integer_only(model: onnx.ModelProto) -> IntegerCheck:
     violations, int16, compute = [], [], 0
 
     def bad(node, reason):
-        violations.append({"node": node.name, "op": node.op_type, "reason": reason})
+        if not _is_input_cast(node, graph_inputs, consumers):
+            violations.append({"node": node.name, "op": node.op_type, "reason": reason})
 
     for node in g.node:
         if node.op_type == "QuantizeLinear" and len(node.input) > 2 and types.get(node.input[2]) in _INT16:
@@ -82,16 +83,31 @@ def check_integer_only(model: onnx.ModelProto) -> IntegerCheck:
         if widx is not None and len(node.input) > widx:
             dq = producer.get(node.input[widx])
             if dq is not None and dq.op_type == "DequantizeLinear" and dq.input[0] in inits:
-                q = inits[dq.input[0]]
-                scale = inits.get(dq.input[1])
-                if q.data_type != onnx.TensorProto.INT8 or scale is None or len(scale.dims) == 0:
+                if not _per_output_channel(node, inits[dq.input[0]], dq, inits):
                     bad(node, "weights are not int8 per output channel")
-    # the input boundary: an integer graph input cast to float and quantized at once
-    violations = [v for v in violations if not _is_input_cast(v, g, graph_inputs, consumers)]
     return IntegerCheck(not violations, violations, int16, compute)
 
 
-def _is_input_cast(v: dict, g: onnx.GraphProto, graph_inputs: set, consumers: dict) -> bool:
-    node = next(n for n in g.node if n.name == v["node"])
+def _per_output_channel(node: onnx.NodeProto, q: onnx.TensorProto, dq: onnx.NodeProto, inits: dict) -> bool:
+    """int8 weights with one scale per output channel, along the output-channel axis."""
+    scale = inits.get(dq.input[1])
+    if q.data_type != onnx.TensorProto.INT8 or scale is None or len(q.dims) < 2:
+        return False
+    rank = len(q.dims)
+    if node.op_type == "MatMul":
+        out_axis = rank - 1
+    elif node.op_type == "Gemm":
+        out_axis = 0 if next((a.i for a in node.attribute if a.name == "transB"), 0) else 1
+    else:  # Conv: [out, in/groups, kh, kw]
+        out_axis = 0
+    axis = next((a.i for a in dq.attribute if a.name == "axis"), 1) % rank
+    n_scales = 1
+    for d in scale.dims:
+        n_scales *= d
+    return axis == out_axis and n_scales == q.dims[out_axis] and len(scale.dims) == 1
+
+
+def _is_input_cast(node: onnx.NodeProto, graph_inputs: set, consumers: dict) -> bool:
+    """The input boundary: an integer graph input cast to float and quantized at once."""
     return (node.op_type == "Cast" and node.input[0] in graph_inputs
             and all(u.op_type == "QuantizeLinear" for u in consumers.get(node.output[0], [])))

@@ -32,13 +32,13 @@ FAMILIES: dict[str, dict] = {
         "top": {"word": "embeddings.word_embeddings", "pos": "embeddings.position_embeddings",
                 "ln": "embeddings.LayerNorm"}},
     "vit": {
-        "kind": "image", "layers": "vit.layers.{i}.",
+        "kind": "image", "layers": "layers.{i}.",
         "layer": {"attn.q": "attention.q_proj", "attn.k": "attention.k_proj", "attn.v": "attention.v_proj",
                   "attn.o": "attention.o_proj", "ln1": "layernorm_before", "fc1": "mlp.fc1",
                   "fc2": "mlp.fc2", "ln2": "layernorm_after"},
-        "top": {"patch": "vit.embeddings.patch_embeddings.projection", "ln": "vit.layernorm",
-                "head": "classifier"},
-        "params": {"cls": "vit.embeddings.cls_token", "pos": "vit.embeddings.position_embeddings"}},
+        "top": {"patch": "embeddings.patch_embeddings.projection", "ln": "layernorm"},
+        "head": {"head": "classifier"},  # outside the base model: no prefix
+        "params": {"cls": "embeddings.cls_token", "pos": "embeddings.position_embeddings"}},
 }
 
 
@@ -72,14 +72,27 @@ def _layer_specs(config, state: dict, spec: dict) -> list[dict]:
     return out
 
 
+def _base_prefix(state: dict, spec: dict) -> str:
+    """Where the base model sits in the state dict ("bert.", "roberta.", "vit.", or "")."""
+    probe = spec["layers"].format(i=0) + spec["layer"]["attn.q"] + ".weight"
+    for key in state:
+        if key.endswith(probe) and (key == probe or key[-len(probe) - 1] == "."):
+            return key[:-len(probe)]
+    raise UnsupportedModelError(f"cannot find the encoder layers ({probe}) in this model's weights: "
+                                "it differs from the standard architecture")
+
+
 def from_hf(model: nn.Module) -> nn.Module:
     """Canonical encoder with the HF model's weights (eval mode, float32)."""
     config = model.config
     spec = family(config)
     state = {k: v.detach().float() for k, v in model.state_dict().items()}
-    if spec["kind"] == "text":
-        state = {k.split(".", 1)[1] if k.startswith(config.model_type.replace("-", "_") + ".") else k: v
-                 for k, v in state.items()}
+    if spec["kind"] == "image" and "classifier.weight" not in state:
+        raise UnsupportedModelError("this ViT has no classification head: export a *ForImageClassification model")
+    prefix = _base_prefix(state, spec)
+    head_names = set(spec.get("head", {}).values())
+    state = {k[len(prefix):] if k.startswith(prefix) and k.split(".")[0] not in head_names else k: v
+             for k, v in state.items()}
     act = _get(config, "hidden_act", "activation", default="gelu")
     if act not in ACTIVATIONS:
         raise UnsupportedModelError(f"activation '{act}' is not supported: use one of {sorted(ACTIVATIONS)}")
@@ -93,13 +106,11 @@ def from_hf(model: nn.Module) -> nn.Module:
             type_vocab=_get(config, "type_vocab_size", default=0), hidden=hidden, layers=layers,
             act=act, eps=eps, pos_offset=pos_offset)
     else:
-        if not hasattr(config, "num_labels") or "classifier.weight" not in state:
-            raise UnsupportedModelError("ViT model has no classification head: export a *ForImageClassification model")
         module = VisionEncoder(
             channels=config.num_channels, patch=config.patch_size, image_size=config.image_size,
             hidden=hidden, layers=layers, act=act, eps=eps, num_labels=config.num_labels)
     mapped = {}
-    for ours, theirs in spec["top"].items():
+    for ours, theirs in {**spec["top"], **spec.get("head", {})}.items():
         for suffix in ("weight", "bias"):
             if f"{theirs}.{suffix}" in state:
                 mapped[f"{ours}.{suffix}"] = state[f"{theirs}.{suffix}"]
@@ -108,8 +119,10 @@ def from_hf(model: nn.Module) -> nn.Module:
     for i in range(len(layers)):
         p = spec["layers"].format(i=i)
         for ours, theirs in spec["layer"].items():
-            for suffix in ("weight", "bias"):
-                mapped[f"layers.{i}.{ours}.{suffix}"] = state[f"{p}{theirs}.{suffix}"]
+            mapped[f"layers.{i}.{ours}.weight"] = state[f"{p}{theirs}.weight"]
+            bias = state.get(f"{p}{theirs}.bias")  # e.g. ViT with qkv_bias=False
+            mapped[f"layers.{i}.{ours}.bias"] = bias if bias is not None else torch.zeros(
+                mapped[f"layers.{i}.{ours}.weight"].shape[0])
     if spec["kind"] == "text" and "segment.weight" not in mapped:  # families without token types
         mapped["segment.weight"] = torch.zeros_like(module.segment.weight)
     missing, unexpected = module.load_state_dict(mapped, strict=False)
