@@ -59,6 +59,10 @@ class Export:
         self.artifacts: list[Artifact] = []
         self.report: dict = {}
 
+    @property
+    def output_name(self) -> str:
+        return "last_hidden_state" if self.model.kind == "text" else "logits"
+
     def metric(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
         if self.model.kind == "text":
             return evaluate.text_metric(reference, candidate, self.feeds.eval[:len(candidate)])
@@ -70,9 +74,8 @@ class Export:
 
     def build(self) -> dict:
         p, model = self.progress, self.model
-        out_name = "last_hidden_state" if model.kind == "text" else "logits"
         with p.step("export float ONNX (baseline)"):
-            float_art = export_onnx(model.module, self.feeds.example, [out_name], self.scratch / "float.onnx")
+            float_art = export_onnx(model.module, self.feeds.example, [self.output_name], self.scratch / "float.onnx")
         if self.target.plan is not None:
             self._build_static(float_art)
         else:
@@ -87,6 +90,8 @@ class Export:
         import onnx
 
         plan = self.recipe.plan or self.target.plan
+        if self.recipe.smooth is not None:
+            float_art = self._smoothed(float_art)
         with self.progress.step(f"quantize {plan.activations} activations / int8 weights ({len(self.feeds.calib)} calibration samples)"):
             result = quantize_qdq(float_art.path, self.work / "model.onnx", self.feeds.calib, plan)
         self.artifacts.append(result.artifact)
@@ -102,6 +107,17 @@ class Export:
                               "integer_violations": check.violations[:50],
                               "int16_tensors": result.int16_reasons(check.int16_tensors)}
         self.htp_ok = cov.runs_fully
+
+    def _smoothed(self, baseline: Artifact) -> Artifact:
+        """The float graph the quantizer sees: smoothed, equivalent to the baseline."""
+        from edgec.passes.smooth import smooth
+
+        calib = [tuple(torch.from_numpy(v) for v in f.values()) for f in self.feeds.calib]
+        with self.progress.step(f"smooth activation outliers (alpha {self.recipe.smooth.alpha})"):
+            result = smooth(self.model.module, calib, self.recipe.smooth)
+            art = export_onnx(result.module, self.feeds.example, [self.output_name], self.scratch / "smoothed.onnx")
+        self.report["smoothing"] = {**self.recipe.smooth.to_dict(), **result.to_dict()}
+        return art
 
     def _build_dynamic(self) -> None:
         from edgec.exporters.executorch import export_pte

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from edgec.calibration.plan import PrecisionPlan
 from edgec.errors import InputError
+from edgec.passes.smooth import SmoothConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -18,6 +19,10 @@ class Recipe:
     htp_eval_samples: int | None = None  # None: 8 for text (seconds per run on the simulator), 100 for images
     bench_runs: int = 20
     plan: PrecisionPlan | None = None  # None: the target's own plan
+    # SmoothQuant-style outlier smoothing before static quantization; off by default:
+    # it measured no gain on the zoo models (bench/smoothing.py), it helps pre-LN
+    # models whose LayerNorm outputs carry outlier channels.
+    smooth: SmoothConfig | None = None
 
     def __post_init__(self):
         for name in ("seq_len", "calib_samples", "eval_samples", "htp_eval_samples", "bench_runs"):
@@ -29,6 +34,7 @@ class Recipe:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["plan"] = self.plan.to_dict() if self.plan else None
+        d["smooth"] = self.smooth.to_dict() if self.smooth else None
         return d
 
     @classmethod
@@ -40,6 +46,8 @@ class Recipe:
         d = dict(d)
         if d.get("plan") is not None:
             d["plan"] = PrecisionPlan.from_dict(d["plan"])
+        if d.get("smooth") is not None:
+            d["smooth"] = SmoothConfig.from_dict(d["smooth"])
         return cls(**d)
 
     def with_overrides(self, **kw) -> "Recipe":

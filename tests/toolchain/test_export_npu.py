@@ -95,3 +95,17 @@ def test_report_md_renders_the_figures(exported):
     report = json.loads((exported["minilm"] / "report.json").read_text())
     assert f"{report['accuracy']['quantized']:.4f}" in text
     assert "HTP op coverage: 100.0%" in text and "integer-only graph: yes" in text
+
+
+def test_smoothing_recipe_is_applied_and_reported(run_cli, tmp_path):
+    recipe = tmp_path / "smooth.yaml"
+    recipe.write_text("eval_samples: 40\nbench_runs: 2\ncalib_samples: 8\nhtp_eval_samples: 1\n"
+                      "smooth: {alpha: 0.5}\n")
+    out = tmp_path / "vit"
+    code, _, err = run_cli("export", "vit-digits", "-o", out, "--recipe", recipe, "-q")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["recipe"]["smooth"]["alpha"] == 0.5
+    assert len(report["smoothing"]["smoothed"]) == 4 * 3  # ln1, ln2 and V->O in each pre-LN block
+    assert report["npu"]["runs_fully"] and report["npu"]["integer_only"]
+    assert report["accuracy"]["float"] - report["accuracy"]["quantized"] <= 0.05
