@@ -6,8 +6,8 @@ fails silently at each step, so every step here is pinned and checked:
 - the TorchScript exporter (`dynamo=False`): its graph has the MatMul/Add,
   Reshape/Transpose shape that `onnxruntime.transformers`' BERT fusions match;
 - `optimize_model(..., opt_level=0)`, the Python fusions alone: ORT's own
-  level-1 passes turn a static-shape MatMul+Add into Gemm, which no attention
-  pattern matches (SkipPadding's dynamic shapes happen to dodge that);
+  level-1 passes can first turn MatMul+Add into Gemm, which no attention
+  pattern matches (seen on a static-shape MiniLM export);
 - `quantize_dynamic` with per-channel int8 weights (per-tensor loses about
   0.025 pooled cosine on MiniLM) turns `Attention` into `QAttention`;
 - the fused-node count is checked, since a missed fusion still gives a valid

@@ -11,6 +11,8 @@ the layer loop is a plain list, so token dropping can sit between layers.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -38,7 +40,8 @@ class Attention(nn.Module):
         q = self.q(x).view(b, s, self.heads, self.head_dim).permute(0, 2, 1, 3)
         k = self.k(x).view(b, s, self.heads, self.head_dim).permute(0, 2, 3, 1)
         v = self.v(x).view(b, s, self.heads, self.head_dim).permute(0, 2, 1, 3)
-        scores = torch.matmul(q, k) * (self.head_dim ** -0.5)
+        # a Div by sqrt(d) is the pattern ONNX Runtime's attention fusion matches
+        scores = torch.matmul(q, k) / math.sqrt(self.head_dim)
         if mask_add is not None:
             scores = scores + mask_add
         ctx = torch.matmul(scores.softmax(dim=-1), v)
@@ -93,8 +96,7 @@ class TextEncoder(nn.Module):
         return self.ln(self.word(input_ids) + pos + self.segment.weight[0])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask_add = (1.0 - attention_mask.to(torch.float32)) * self.mask_value
-        mask_add = mask_add[:, None, None, :]
+        mask_add = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * self.mask_value
         x = self.embed(input_ids)
         for layer in self.layers:
             x = layer(x, mask_add)

@@ -7,11 +7,8 @@ time, not fixed at export), runs embedding and layers on that shorter sequence
 without any mask, and scatters the result back to the input length with
 exactly zero rows where the mask is 0.
 
-Its attention is written in the shape ONNX Runtime's BERT optimizer fuses
-into one `Attention` node (`onnxruntime.transformers.fusion_attention`, the
-no-mask pattern: MatMul -> Div -> Softmax). The canonical module scales with a
-Mul, which that fusion does not match. Dividing by sqrt(head_dim) instead of
-multiplying by its inverse differs only by float rounding.
+The layers run unmasked, in the no-mask pattern ONNX Runtime's BERT optimizer
+fuses into one `Attention` node (MatMul -> Div -> Softmax).
 
 Real rows equal the `TextEncoder`'s up to float rounding: its masked keys get
 weight exp(mask_value), which underflows to zero in float32. Real tokens keep
@@ -20,31 +17,10 @@ their positions, so this holds for any mask, not only right padding.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from edgec.models.encoder import ACTIVATIONS, Attention, Block, TextEncoder
-
-
-def _attend(attn: Attention, x: torch.Tensor) -> torch.Tensor:
-    """The canonical attention without a mask, scaled by Div so ORT fuses it."""
-    b, s, _ = x.shape
-    h, d = attn.heads, attn.head_dim
-    q = attn.q(x).view(b, s, h, d).permute(0, 2, 1, 3)
-    k = attn.k(x).view(b, s, h, d).permute(0, 2, 3, 1)
-    v = attn.v(x).view(b, s, h, d).permute(0, 2, 1, 3)
-    scores = torch.matmul(q, k) / math.sqrt(d)
-    ctx = torch.matmul(scores.softmax(dim=-1), v)
-    return attn.o(ctx.permute(0, 2, 1, 3).reshape(b, s, h * d))
-
-
-def _block(layer: Block, x: torch.Tensor) -> torch.Tensor:
-    """`Block.forward` (post-LN, as in every TextEncoder) with `_attend` in place of the masked attention."""
-    act = ACTIVATIONS[layer.act_name]
-    x = layer.ln1(x + _attend(layer.attn, x))
-    return layer.ln2(x + layer.fc2(act(layer.fc1(x))))
+from edgec.models.encoder import TextEncoder
 
 
 class SkipPadding(nn.Module):
@@ -72,7 +48,7 @@ class SkipPadding(nn.Module):
         pos = enc.pos.weight.index_select(0, keep + enc.pos_offset)
         x = enc.ln(enc.word(ids) + pos + enc.segment.weight[0])
         for layer in enc.layers:
-            x = _block(layer, x)
+            x = layer(x, None)  # only real tokens are left: no mask
         # Row j of the output is row slot[j] of [x; 0]: its rank among the real
         # tokens, or the appended zero row where the mask is 0.
         count = mask.to(torch.int64)
