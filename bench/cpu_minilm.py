@@ -24,7 +24,8 @@ import onnx
 import torch
 
 from edgec.calibration.text import builtin_sentences, encode, load_tokenizer
-from edgec.exporters.onnx_cpu import export_cpu_int8, export_float, op_counts
+from edgec.exporters.onnx_cpu import export_cpu_int8, op_counts
+from edgec.exporters.onnx_float import export_onnx
 from edgec.models.hf import from_hf
 from edgec.runtimes import ort_cpu
 from edgec.runtimes.timing import bench
@@ -129,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         paths = {
-            "float": export_float(encoder, typical, tmp / "float.onnx").path,
+            "float": export_onnx(encoder, typical, ["last_hidden_state"], tmp / "float.onnx", opset=17, fold=False).path,
             "usual int8": _usual_int8(hf_model, typical, tmp / "usual.onnx", tmp, dynamo=True),
             "usual int8, fused": _usual_int8(hf_model, typical, tmp / "usual_fused.onnx", tmp, dynamo=False),
             "edgec int8": export_cpu_int8(encoder, typical, tmp / "edgec.onnx",

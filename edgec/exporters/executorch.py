@@ -6,8 +6,6 @@ range. Transformers keep their accuracy with it (no static ranges to break on
 residual-stream outliers) and it needs no calibration set.
 """
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -19,6 +17,7 @@ from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
 from edgec.errors import ExportError
 from edgec.exporters.artifact import Artifact
+from edgec.exporters.atomic import write_atomic
 
 Inputs = tuple[torch.Tensor, ...]
 
@@ -43,7 +42,8 @@ def export_pte(module: torch.nn.Module, example_inputs: Inputs, out_path: Path,
             if quantize:
                 program = _quantize(program, example_inputs, calib_inputs or [example_inputs])
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-        _write_atomic(lowered.to_executorch(), out_path)
+        program_bytes = lowered.to_executorch()
+        write_atomic(out_path, lambda tmp: _write(program_bytes, tmp))
     finally:
         module.train(was_training)
     return Artifact(out_path, "pte", "executorch")
@@ -70,14 +70,6 @@ def _quantize(program: torch.export.ExportedProgram, example_inputs: Inputs,
     return torch.export.export(convert_pt2e(prepared), tuple(example_inputs))
 
 
-def _write_atomic(program: ExecutorchProgramManager, out_path: Path) -> None:
-    """Write through a temp file in the same directory so a crash never leaves half a program."""
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            program.write_to_file(f)
-        os.replace(tmp, out_path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write(program: ExecutorchProgramManager, path: str) -> None:
+    with open(path, "wb") as f:
+        program.write_to_file(f)

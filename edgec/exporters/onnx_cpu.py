@@ -19,62 +19,23 @@ its own length, not the padded one.
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
-import warnings
 from collections import Counter
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 from torch import nn
 
 from edgec.errors import ExportError
 from edgec.exporters.artifact import Artifact
+from edgec.exporters.atomic import write_atomic
+from edgec.exporters.onnx_float import export_onnx
 from edgec.models.encoder import TextEncoder, VisionEncoder
 from edgec.passes.skip_padding import SkipPadding
 
 OPSET = 17
-
-
-def _torch_inputs(example_inputs: dict[str, np.ndarray]) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in example_inputs.values())
-
-
-def _output_name(module: nn.Module) -> str:
-    if isinstance(module, (TextEncoder, SkipPadding)):
-        return "last_hidden_state"
-    return "logits" if isinstance(module, VisionEncoder) else "output"
-
-
-def _torchscript_export(module: nn.Module, example_inputs: dict[str, np.ndarray], path: Path) -> None:
-    """Static input shapes; shapes inside the graph (SkipPadding's token count) stay dynamic."""
-    try:
-        with torch.no_grad(), warnings.catch_warnings():
-            # chosen on purpose: ORT's fusions match its graphs, not the dynamo exporter's
-            warnings.filterwarnings("ignore", "You are using the legacy TorchScript", DeprecationWarning)
-            torch.onnx.export(module.eval(), _torch_inputs(example_inputs), str(path),
-                              input_names=list(example_inputs), output_names=[_output_name(module)],
-                              opset_version=OPSET, dynamo=False, do_constant_folding=True)
-    except Exception as e:  # the exporter raises many unrelated types
-        raise ExportError(f"ONNX export of {type(module).__name__} failed ({e}); "
-                          "check that the model runs in eager mode on the example inputs") from e
-
-
-def _write_atomic(model: onnx.ModelProto, out_path: Path) -> None:
-    """Readers of out_path never see a half-written file."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 @contextmanager
@@ -93,15 +54,6 @@ def _quiet(*loggers: str):
 
 def op_counts(model: onnx.ModelProto) -> Counter:
     return Counter(node.op_type for node in model.graph.node)
-
-
-def export_float(module: nn.Module, example_inputs: dict[str, np.ndarray], out_path: Path) -> Artifact:
-    """The plain float ONNX of `module` as it is (no padding skipping, no fusion): the baseline."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "float.onnx"
-        _torchscript_export(module, example_inputs, path)
-        _write_atomic(onnx.load(str(path)), out_path)
-    return Artifact(Path(out_path), "onnx", "ort-cpu")
 
 
 def _prepare(module: nn.Module) -> tuple[nn.Module, int]:
@@ -134,6 +86,19 @@ def _quantize(path: Path, out: Path) -> None:
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
+def graph_note(kind: str) -> str:
+    """What the cpu graph does, in words, for the report."""
+    if kind == "text":
+        return ("Padding-free execution: the graph reads the real-token count from attention_mask at run "
+                "time (NonZero + Gather), runs embeddings and all layers on those tokens only, and writes "
+                "zeros to the padded rows of last_hidden_state, so a short sentence costs its own length. "
+                "It assumes padding carries mask 0 (any mask works; right padding is what the tokenizer "
+                "gives). Attention, SkipLayerNorm and BiasGelu are fused by ONNX Runtime and the MatMuls "
+                "run as int8 (per-channel weights, activations quantized per call).")
+    return ("ONNX Runtime fuses SkipLayerNorm and BiasGelu; every MatMul runs as int8 "
+            "(per-channel weights, activations quantized per call).")
+
+
 def export_cpu_int8(module: nn.Module, example_inputs: dict[str, np.ndarray], out_path: Path,
                     num_heads: int, hidden_size: int) -> Artifact:
     """Export, fuse, quantize and check; writes out_path only when every step succeeded.
@@ -145,7 +110,8 @@ def export_cpu_int8(module: nn.Module, example_inputs: dict[str, np.ndarray], ou
     module, expected = _prepare(module)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        _torchscript_export(module, example_inputs, tmp / "float.onnx")
+        output_name = "logits" if isinstance(module, VisionEncoder) else "last_hidden_state"
+        export_onnx(module, example_inputs, [output_name], tmp / "float.onnx", opset=OPSET, fold=False)
         fused = _fuse(tmp / "float.onnx", tmp / "fused.onnx", num_heads, hidden_size)
         if fused["Attention"] < expected:
             raise ExportError(
@@ -161,5 +127,5 @@ def export_cpu_int8(module: nn.Module, example_inputs: dict[str, np.ndarray], ou
             raise ExportError(
                 f"quantize_dynamic turned {quantized['QAttention']} of {fused['Attention']} Attention nodes "
                 "into QAttention; the installed onnxruntime may not quantize Attention")
-        _write_atomic(model, out_path)
+        write_atomic(out_path, lambda path: onnx.save(model, path))
     return Artifact(Path(out_path), "onnx", "ort-cpu")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -12,27 +10,32 @@ import torch
 
 from edgec.errors import ExportError
 from edgec.exporters.artifact import Artifact
+from edgec.exporters.atomic import write_atomic
 
 # opset 20 has a native Gelu, so the NPU sees one op instead of an Erf chain.
 OPSET = 20
 
 
 def export_onnx(module: torch.nn.Module, example_inputs: dict[str, np.ndarray], output_names: list[str],
-                out_path: Path, opset: int = OPSET) -> Artifact:
-    """TorchScript export with static shapes (NPUs compile one shape)."""
-    args = tuple(torch.from_numpy(v) for v in example_inputs.values())
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
-    os.close(fd)
-    try:
+                out_path: Path, opset: int = OPSET, fold: bool = True) -> Artifact:
+    """TorchScript export with static input shapes (NPUs compile one shape).
+
+    The TorchScript exporter is chosen on purpose: ORT's fusions match its graphs,
+    not the dynamo exporter's. `fold` folds constants and shape arithmetic.
+    """
+    args = tuple(torch.from_numpy(np.ascontiguousarray(v)) for v in example_inputs.values())
+
+    def write(tmp: str) -> None:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(module.eval(), args, tmp, input_names=list(example_inputs),
                               output_names=output_names, opset_version=opset, dynamo=False,
                               do_constant_folding=True)
-        _fold(Path(tmp))
-        os.replace(tmp, out_path)
+        if fold:
+            _fold(Path(tmp))
+    try:
+        write_atomic(out_path, write)
     except Exception as e:  # the exporter raises many types; all mean the same to the user
-        Path(tmp).unlink(missing_ok=True)
         raise ExportError(f"ONNX export failed ({type(e).__name__}: {str(e).splitlines()[0]}): "
                           "the model uses an op the exporter cannot trace") from e
     return Artifact(out_path, "onnx", "ort-cpu")

@@ -9,8 +9,6 @@ TensorQuantOverrides.
 from __future__ import annotations
 
 import collections
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from edgec.calibration.observers import TensorStats, choose_range, sqnr_db
 from edgec.calibration.plan import PrecisionPlan
 from edgec.errors import ExportError
 from edgec.exporters.artifact import Artifact
+from edgec.exporters.atomic import write_atomic
 
 _QTYPES = {"uint8": QuantType.QUInt8, "uint16": QuantType.QUInt16}
 _BITS = {"uint8": 8, "uint16": 16}
@@ -121,11 +120,5 @@ def quantize_qdq(float_path: Path, out_path: Path, feeds: list[dict[str, np.ndar
         model, _Feeds(feeds[:2]), calibrate_method=CalibrationMethod.MinMax,
         activation_type=_QTYPES[plan.activations], weight_type=QuantType.QUInt8,
         init_overrides=overrides)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=out_path.parent)
-    os.close(fd)
-    try:
-        quantize(model, tmp, config)
-        os.replace(tmp, out_path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    write_atomic(out_path, lambda tmp: quantize(model, tmp, config))
     return QdqResult(Artifact(out_path, "onnx-qdq", "qnn-htp"), won, sqnr8)

@@ -5,6 +5,9 @@ code, so this wrapper turns refusals into `BackendError`s that say what the
 program expected.
 """
 
+import contextlib
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -37,13 +40,29 @@ class ExecutorchSession:
         return [str(meta.input_tensor_meta(i)) for i in range(meta.num_inputs())]
 
 
+@contextlib.contextmanager
+def _native_stderr_silenced():
+    """XNNPACK's first start prints CPU-probing chatter from C++ straight to fd 2;
+    failures still surface as exceptions, which `load` turns into BackendErrors."""
+    sys.stderr.flush()
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
 def load(path: Path) -> ExecutorchSession:
     """Load the `forward` method of the program at `path`."""
     path = Path(path)
     if not path.is_file():
         raise BackendError(f"no .pte file at {path}; check the path or export the model to .pte first")
     try:
-        program = Runtime.get().load_program(path)
+        with _native_stderr_silenced():
+            program = Runtime.get().load_program(path)
     except RuntimeError as e:
         raise BackendError(f"{path} is not a valid ExecuTorch program ({e}); "
                            "re-export it with the executorch exporter") from e
@@ -51,7 +70,8 @@ def load(path: Path) -> ExecutorchSession:
         raise BackendError(f"{path} has no 'forward' method (it has {sorted(program.method_names)}); "
                            "export the module's forward")
     try:
-        method = program.load_method("forward")
+        with _native_stderr_silenced():
+            method = program.load_method("forward")
     except RuntimeError as e:
         raise BackendError(f"{path}: ExecuTorch could not load 'forward' ({e}); the program may need "
                            "a backend or kernels this runtime lacks, re-export it for XNNPACK") from e
