@@ -32,3 +32,26 @@ def vit_copy(tmp_path) -> Path:
     dst = tmp_path / "vit"
     shutil.copytree(ZOO["vit-digits"].locate(), dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def export_zoo():
+    """Export zoo models through the real CLI entry point (call once per test module)."""
+    return _export_zoo
+
+
+def _export_zoo(root: Path, target: str, names: tuple[str, ...], recipe: dict) -> dict[str, Path]:
+    import json
+
+    recipe_file = root / "recipe.json"
+    recipe_file.write_text(json.dumps(recipe))
+    outs = {}
+    for name in names:
+        out = root / name
+        sys.argv = ["edgec", "export", name, "--target", target, "-o", str(out), "--recipe", str(recipe_file), "-q"]
+        try:
+            cli.main()
+        except SystemExit as e:
+            assert not e.code, f"export of {name} for {target} failed"
+        outs[name] = out
+    return outs

@@ -11,23 +11,8 @@ FAST = {"eval_samples": 24, "bench_runs": 3}
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    import sys
-    from edgec.toolchain import cli
-
-    root = tmp_path_factory.mktemp("cpu")
-    recipe = root / "fast.json"
-    recipe.write_text(json.dumps(FAST))
-    outs = {}
-    for name in ("vit-digits", "minilm"):
-        out = root / name
-        sys.argv = ["edgec", "export", name, "--target", "cpu", "-o", str(out), "--recipe", str(recipe), "-q"]
-        try:
-            cli.main()
-        except SystemExit as e:
-            assert not e.code, f"export of {name} failed"
-        outs[name] = out
-    return outs
+def exported(tmp_path_factory, export_zoo):
+    return export_zoo(tmp_path_factory.mktemp("cpu"), "cpu", ("vit-digits", "minilm"), FAST)
 
 
 @pytest.mark.parametrize("name", ["vit-digits", "minilm"])

@@ -11,24 +11,8 @@ FAST = {"eval_samples": 24, "bench_runs": 3, "calib_samples": 8, "htp_eval_sampl
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """Export each zoo model once for the module; the CLI is the entry point under test."""
-    import sys
-    from edgec.toolchain import cli
-
-    root = tmp_path_factory.mktemp("npu")
-    recipe = root / "fast.json"
-    recipe.write_text(json.dumps(FAST))
-    outs = {}
-    for name in ("vit-digits", "minilm"):
-        out = root / name
-        sys.argv = ["edgec", "export", name, "--target", "npu", "-o", str(out), "--recipe", str(recipe), "-q"]
-        try:
-            cli.main()
-        except SystemExit as e:
-            assert not e.code, f"export of {name} failed"
-        outs[name] = out
-    return outs
+def exported(tmp_path_factory, export_zoo):
+    return export_zoo(tmp_path_factory.mktemp("npu"), "npu", ("vit-digits", "minilm"), FAST)
 
 
 @pytest.mark.parametrize("name", ["vit-digits", "minilm"])
