@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from edgec.errors import ExportError
-from edgec.exporters.executorch import export_pte
+from edgec.exporters.executorch import _lookup_only_embeddings, export_pte
 from edgec.runtimes.executorch import load
 
 VOCAB, SEQ = 50, 16
@@ -105,6 +105,92 @@ def test_export_restores_training_mode(tmp_path):
     export_pte(model, (torch.randn(1, 8),), tmp_path / "sub" / "m.pte", quantize=False)
     assert model.training
     assert (tmp_path / "sub" / "m.pte").is_file()
+
+
+class BigVocab(torch.nn.Module):
+    """A 4000 x 64 word table dwarfs the rest; the position table is sliced by `.weight[...]`."""
+
+    def __init__(self, vocab: int = 4000, hidden: int = 64):
+        super().__init__()
+        self.word = torch.nn.Embedding(vocab, hidden)
+        self.pos = torch.nn.Embedding(SEQ, hidden)
+        self.proj = torch.nn.Linear(hidden, hidden)
+        self.norm = torch.nn.LayerNorm(hidden)
+
+    def forward(self, ids):
+        x = self.norm(self.word(ids) + self.pos.weight[:ids.shape[1]])
+        return x + self.proj(x)
+
+
+def _vocab_ids(seed: int, vocab: int = 4000) -> torch.Tensor:
+    return torch.randint(0, vocab, (1, SEQ), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="module")
+def big_vocab(tmp_path_factory):
+    """BigVocab exported float and int8, its weights before export, and an eager reference."""
+    out, test_ids = tmp_path_factory.mktemp("vocab"), _vocab_ids(2)
+    torch.manual_seed(0)
+    model, example = BigVocab().eval(), (_vocab_ids(0),)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    pte = {"float": export_pte(model, example, out / "float.pte", quantize=False),
+           "int8": export_pte(model, example, out / "int8.pte")}
+    with torch.no_grad():
+        ref = model(test_ids).numpy()
+    return model, before, pte, ref, test_ids.numpy()
+
+
+def test_int8_embedding_table_shrinks_the_program(big_vocab):
+    _, _, pte, _, _ = big_vocab
+    assert pte["int8"].bytes < 0.35 * pte["float"].bytes
+
+
+def test_int8_embedding_close_to_eager(big_vocab):
+    _, _, pte, ref, ids = big_vocab
+    (got,) = load(pte["int8"].path).run([ids])
+    assert got.shape == ref.shape
+    assert _cosine(got, ref) >= 0.99
+    assert not np.allclose(got, ref, atol=1e-6)
+
+
+def test_int8_export_leaves_the_module_float(big_vocab):
+    model, before, _, _, _ = big_vocab
+    assert type(model.word) is torch.nn.Embedding and model.word.weight.dtype == torch.float32
+    after = model.state_dict()
+    assert after.keys() == before.keys()
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+
+class SharedTables(torch.nn.Module):
+    """Lookups through a nested table, a sliced table, a table tied to the output layer, and F.embedding."""
+
+    def __init__(self, vocab: int = 100, hidden: int = 16):
+        super().__init__()
+        self.inner = torch.nn.ModuleList([torch.nn.Embedding(vocab, hidden)])
+        self.pos = torch.nn.Embedding(SEQ, hidden)
+        self.tied = torch.nn.Embedding(vocab, hidden)
+        self.head = torch.nn.Linear(hidden, vocab, bias=False)
+        self.head.weight = self.tied.weight
+        self.raw = torch.nn.Embedding(vocab, hidden)
+
+    def forward(self, ids):
+        x = self.inner[0](ids) + self.pos.weight[:ids.shape[1]] + self.tied(ids)
+        return self.head(x + torch.nn.functional.embedding(ids, self.raw.weight))
+
+
+def test_only_tables_read_by_their_own_lookup_are_quantized():
+    model, ids = SharedTables().eval(), (_vocab_ids(0, vocab=100),)
+    program = torch.export.export(model, ids)
+    assert _lookup_only_embeddings(model, program) == ["inner.0"]
+
+
+def test_int8_export_with_shared_tables_matches_eager(tmp_path):
+    torch.manual_seed(0)
+    model, ids = SharedTables().eval(), _vocab_ids(3, vocab=100)
+    pte = export_pte(model, (_vocab_ids(0, vocab=100),), tmp_path / "m.pte")
+    (got,) = load(pte.path).run([ids.numpy()])
+    with torch.no_grad():
+        assert _cosine(got, model(ids).numpy()) >= 0.99
 
 
 class DataDependent(torch.nn.Module):
