@@ -62,10 +62,7 @@ def _prepare(module: nn.Module) -> tuple[nn.Module, int]:
         module = SkipPadding(module)
     if isinstance(module, SkipPadding):
         return module, len(module.encoder.layers)
-    if isinstance(module, VisionEncoder):
-        return module, 0
-    raise ExportError(f"the cpu int8 exporter takes a TextEncoder or VisionEncoder, got "
-                      f"{type(module).__name__}: rebuild the model with edgec.models.hf.from_hf")
+    return module, 0  # ViTs and token-dropped encoders: fusion is welcome, not required
 
 
 def _fuse(path: Path, out: Path, num_heads: int, hidden_size: int) -> Counter:
@@ -100,7 +97,7 @@ def graph_note(kind: str) -> str:
 
 
 def export_cpu_int8(module: nn.Module, example_inputs: dict[str, np.ndarray], out_path: Path,
-                    num_heads: int, hidden_size: int) -> Artifact:
+                    num_heads: int, hidden_size: int, output_names: list[str] | None = None) -> Artifact:
     """Export, fuse, quantize and check; writes out_path only when every step succeeded.
 
     `example_inputs` are in forward-argument order and fix the input shapes.
@@ -110,8 +107,8 @@ def export_cpu_int8(module: nn.Module, example_inputs: dict[str, np.ndarray], ou
     module, expected = _prepare(module)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        output_name = "logits" if isinstance(module, VisionEncoder) else "last_hidden_state"
-        export_onnx(module, example_inputs, [output_name], tmp / "float.onnx", opset=OPSET, fold=False)
+        names = output_names or ["logits" if isinstance(module, VisionEncoder) else "last_hidden_state"]
+        export_onnx(module, example_inputs, names, tmp / "float.onnx", opset=OPSET, fold=False)
         fused = _fuse(tmp / "float.onnx", tmp / "fused.onnx", num_heads, hidden_size)
         if fused["Attention"] < expected:
             raise ExportError(

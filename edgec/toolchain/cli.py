@@ -48,9 +48,15 @@ def cli() -> None:
               help="Calibration data: .txt/.jsonl (one sample per line) or a folder of images.")
 @click.option("--calib-samples", type=int, help="Calibration samples to use [default: 32].")
 @click.option("--seq-len", type=int, help="Static sequence length of text models [default: 128].")
+@click.option("--prune", "prune_ratio", type=float,
+              help="Structured pruning: fraction of prunable parameters (heads, MLP channels) to remove.")
+@click.option("--prune-method", type=click.Choice(["flap", "magnitude"]), default=None,
+              help="Pruning criterion [default: flap].")
+@click.option("--token-budget", help="Tokens kept after an early layer: a fraction (0.5) or a count (8).")
 @click.option("--recipe", type=click.Path(path_type=Path), help="Recipe file (JSON or YAML).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def export(model, target, out, calib, calib_samples, seq_len, recipe, quiet) -> None:
+def export(model, target, out, calib, calib_samples, seq_len, prune_ratio, prune_method, token_budget,
+           recipe, quiet) -> None:
     """Export MODEL (a zoo name or a Hugging Face directory) for --target."""
     import torch  # noqa: F401  (torch resets its loggers on import; quiet them after)
 
@@ -60,7 +66,10 @@ def export(model, target, out, calib, calib_samples, seq_len, recipe, quiet) -> 
     from edgec.toolchain.recipe import load_recipe
 
     try:
-        r = load_recipe(recipe).with_overrides(calib_samples=calib_samples, seq_len=seq_len)
+        r = load_recipe(recipe)
+        r = r.with_overrides(calib_samples=calib_samples, seq_len=seq_len,
+                             prune=_prune_config(r, prune_ratio, prune_method),
+                             token_budget=_budget_config(r, token_budget))
     except ValueError as e:
         _fail(f"{e}: fix the option value")
     progress = Progress(quiet)
@@ -71,6 +80,30 @@ def export(model, target, out, calib, calib_samples, seq_len, recipe, quiet) -> 
             f"[bold]{report['model']['name']}[/] -> {out}  ({acc['metric']}: {acc['quantized']:.4f}, "
             f"size {min(report['size_ratio'].values()):.3f}x float)")
     click.echo(str(out / "report.md"))
+
+
+def _prune_config(recipe, ratio: float | None, method: str | None):
+    from edgec.passes.prune import PruneConfig
+
+    if ratio is None and method is None:
+        return None
+    base = recipe.prune or PruneConfig(ratio=0.0)
+    return PruneConfig(**{**base.to_dict(), **({"ratio": ratio} if ratio is not None else {}),
+                          **({"method": method} if method else {})})
+
+
+def _budget_config(recipe, budget: str | None):
+    """"0.5" is a fraction of the tokens, "8" a count."""
+    from edgec.passes.token_budget import TokenBudgetConfig
+
+    if budget is None:
+        return None
+    try:
+        value = int(budget) if budget.isdigit() else float(budget)
+    except ValueError:
+        raise ValueError(f"--token-budget {budget!r} is neither a fraction nor a count") from None
+    base = recipe.token_budget.to_dict() if recipe.token_budget else {}
+    return TokenBudgetConfig(**{**base, "budget": value})
 
 
 @cli.group()

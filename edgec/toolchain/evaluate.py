@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Callable
-
 import numpy as np
 
 from edgec.toolchain.data import Feed
@@ -20,19 +18,24 @@ def cosine(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
 
 
-def outputs(run: Callable[[Feed], np.ndarray], feeds: list[Feed]) -> list[np.ndarray]:
-    return [run(f) for f in feeds]
+Outputs = list[np.ndarray]  # one run's outputs, in graph order
 
 
-def text_metric(reference: list[np.ndarray], candidate: list[np.ndarray], feeds: list[Feed]) -> dict:
-    cs = [cosine(pooled(r, f["attention_mask"]), pooled(c, f["attention_mask"]))
+def sentence_embedding(outputs: Outputs, feed: Feed) -> np.ndarray:
+    """Pool over the model's own kept-token mask when it has one (token dropping), else the input mask."""
+    mask = outputs[1] if len(outputs) > 1 else feed["attention_mask"]
+    return pooled(outputs[0], mask)
+
+
+def text_metric(reference: list[Outputs], candidate: list[Outputs], feeds: list[Feed]) -> dict:
+    cs = [cosine(sentence_embedding(r, f), sentence_embedding(c, f))
           for r, c, f in zip(reference, candidate, feeds)]
     return {"value": float(np.mean(cs)), "min": float(np.min(cs)), "samples": len(cs)}
 
 
-def image_metric(reference: list[np.ndarray], candidate: list[np.ndarray], labels: np.ndarray | None) -> dict:
-    ref = np.array([r.argmax() for r in reference])
-    got = np.array([c.argmax() for c in candidate])
+def image_metric(reference: list[Outputs], candidate: list[Outputs], labels: np.ndarray | None) -> dict:
+    ref = np.array([r[0].argmax() for r in reference])
+    got = np.array([c[0].argmax() for c in candidate])
     if labels is None:  # no labels: how often the quantized model agrees with float
         return {"value": float((ref == got).mean()), "samples": len(got)}
     return {"value": float((got == labels[:len(got)]).mean()), "samples": len(got)}

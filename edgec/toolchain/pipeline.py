@@ -11,6 +11,7 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -31,147 +32,217 @@ from edgec.toolchain.recipe import Recipe
 from edgec.toolchain.report import render_markdown
 from edgec.toolchain.targets import Target, resolve
 
-Runner = Callable[[Feed], np.ndarray]
+Runner = Callable[[Feed], list[np.ndarray]]
 
 
 def session(artifact: Artifact) -> Runner:
-    """First output of one run of `artifact` on its runtime."""
+    """All outputs of one run of `artifact` on its runtime."""
     if artifact.runtime == "executorch":
         from edgec.runtimes import executorch
         s = executorch.load(artifact.path)
-        return lambda feed: s.run(list(feed.values()))[0]
+        return lambda feed: s.run(list(feed.values()))
     if artifact.runtime == "qnn-htp":
         from edgec.runtimes import qnn_htp
         s = qnn_htp.load(artifact.path)
     else:
         from edgec.runtimes import ort_cpu
         s = ort_cpu.load(artifact.path)
-    return lambda feed: s.run(feed)[0]
+    return lambda feed: s.run(feed)
+
+
+def on_cpu(art: Artifact) -> Artifact:
+    """The same file on the CPU runtime that can run it (QDQ graphs run on ORT CPU too)."""
+    return art if art.runtime == "executorch" else Artifact(art.path, art.format, "ort-cpu")
+
+
+@dataclass
+class Built:
+    """What one target build produced: its artifacts and its part of the report."""
+
+    artifacts: list[Artifact]
+    report: dict = field(default_factory=dict)
+    htp_ok: bool = False
+
+
+def torch_inputs(feed: Feed) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(v) for v in feed.values())
 
 
 class Export:
-    """One export run; its fields fill the report as the steps go."""
+    """One export run: compress, build the target, measure against float (and quantized-only)."""
 
     def __init__(self, model: LoadedModel, target: Target, feeds: Feeds, recipe: Recipe,
                  work: Path, scratch: Path, progress: Progress):
         self.model, self.target, self.feeds, self.recipe = model, target, feeds, recipe
         self.work, self.scratch, self.progress = work, scratch, progress
-        self.artifacts: list[Artifact] = []
         self.report: dict = {}
 
-    @property
-    def output_name(self) -> str:
-        return "last_hidden_state" if self.model.kind == "text" else "logits"
+    def output_names(self, module: torch.nn.Module) -> list[str]:
+        if self.model.kind == "image":
+            return ["logits"]
+        from edgec.passes.token_budget import TextTokenBudget
+        return ["last_hidden_state", "kept_mask"] if isinstance(module, TextTokenBudget) else ["last_hidden_state"]
 
-    def metric(self, reference: list[np.ndarray], candidate: list[np.ndarray]) -> dict:
+    def metric(self, reference: list, candidate: list) -> dict:
         if self.model.kind == "text":
             return evaluate.text_metric(reference, candidate, self.feeds.eval[:len(candidate)])
         return evaluate.image_metric(reference, candidate, self.feeds.labels)
 
-    def run_all(self, run: Runner, name: str, limit: int | None = None) -> list[np.ndarray]:
+    def run_all(self, run: Runner, name: str, limit: int | None = None) -> list:
         feeds = self.feeds.eval[:limit]
         return [run(f) for f in self.progress.track(feeds, f"evaluate {name}", total=len(feeds))]
 
     def build(self) -> dict:
-        p, model = self.progress, self.model
-        with p.step("export float ONNX (baseline)"):
-            float_art = export_onnx(model.module, self.feeds.example, [self.output_name], self.scratch / "float.onnx")
-        if self.target.plan is not None:
-            self._build_static(float_art)
-        else:
-            self._build_dynamic()
-        self._measure(float_art)
+        with self.progress.step("export float ONNX (baseline)"):
+            baseline = export_onnx(self.model.module, self.feeds.example, ["last_hidden_state"]
+                                   if self.model.kind == "text" else ["logits"], self.scratch / "float.onnx")
+        module = self._compress(self.model.module)
+        compressed = module is not self.model.module
+        primary = self._build_target(module, self.work, None if compressed else baseline)
+        self.report.update(primary.report)
+        qonly = None
+        if compressed:  # the same target without the compression passes, to show what they buy
+            (self.scratch / "quantized-only").mkdir()
+            with self.progress.step("build the quantized-only model for comparison"):
+                qonly = self._build_target(self.model.module, self.scratch / "quantized-only", baseline)
+        self._measure(baseline, primary, qonly)
+        self.artifacts = primary.artifacts
         return self.report
 
-    def _build_static(self, float_art: Artifact) -> None:
+    def _compress(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Structured pruning, then static token dropping: each a torch-level pass."""
+        calib = [torch_inputs(f) for f in self.feeds.calib]
+        if self.recipe.prune is not None and self.recipe.prune.ratio > 0:
+            from edgec.passes.prune import prune
+            with self.progress.step(f"prune {self.recipe.prune.ratio:.0%} ({self.recipe.prune.method})"):
+                result = prune(module, calib, self.recipe.prune)
+            module = result.module
+            self.report["pruning"] = {**self.recipe.prune.to_dict(), **result.to_dict()}
+        if self.recipe.token_budget is not None:
+            from edgec.passes.token_budget import apply_token_budget
+            size = self.recipe.seq_len if self.model.kind == "text" else None
+            with self.progress.step(f"token budget {self.recipe.token_budget.budget}"):
+                result = apply_token_budget(module, self.recipe.token_budget, size)
+            if result.changed:
+                module = result.module
+            self.report["token_budget"] = {**self.recipe.token_budget.to_dict(), **result.to_dict()}
+        return module
+
+    def _build_target(self, module: torch.nn.Module, out_dir: Path, float_art: Artifact | None) -> Built:
+        if self.target.plan is None:
+            return self._build_dynamic(module, out_dir)
+        if float_art is None:
+            float_art = export_onnx(module, self.feeds.example, self.output_names(module),
+                                    self.scratch / f"{out_dir.name}-float.onnx")
+        return self._build_static(module, out_dir, float_art)
+
+    def _build_static(self, module: torch.nn.Module, out_dir: Path, float_art: Artifact) -> Built:
         from edgec.exporters.integer_check import check_integer_only
         from edgec.exporters.onnx_qdq import quantize_qdq
         from edgec.runtimes import qnn_htp
         import onnx
 
         plan = self.recipe.plan or self.target.plan
+        report = {}
         if self.recipe.smooth is not None:
-            float_art = self._smoothed(float_art)
-        with self.progress.step(f"quantize {plan.activations} activations / int8 weights ({len(self.feeds.calib)} calibration samples)"):
-            result = quantize_qdq(float_art.path, self.work / "model.onnx", self.feeds.calib, plan)
-        self.artifacts.append(result.artifact)
+            float_art, report["smoothing"] = self._smoothed(module, out_dir)
+        with self.progress.step(f"quantize {plan.activations} activations / int8 weights "
+                                f"({len(self.feeds.calib)} calibration samples)"):
+            result = quantize_qdq(float_art.path, out_dir / "model.onnx", self.feeds.calib, plan)
         with self.progress.step("check the graph is integer-only"):
             check = check_integer_only(onnx.load(result.artifact.path))
         with self.progress.step("HTP op coverage (QNN, CPU fallback disabled)"):
             cov = qnn_htp.coverage(result.artifact.path)
-        self.report["calibration"] = {"source": self.feeds.calib_source, "observer": plan.observer,
-                                      "observers_chosen": result.observers}
-        self.report["precision"] = {**plan.to_dict(), "int16_why": plan.why_16bit if plan.activations == "uint16" else None}
-        self.report["npu"] = {"backend": self.target.npu_backend, **cov.to_dict(),
-                              "coverage": cov.fraction, "integer_only": check.integer_only,
-                              "integer_violations": check.violations[:50],
-                              "int16_tensors": result.int16_reasons(check.int16_tensors)}
-        self.htp_ok = cov.runs_fully
+        report["calibration"] = {"source": self.feeds.calib_source, "observer": plan.observer,
+                                 "observers_chosen": result.observers}
+        report["precision"] = {**plan.to_dict(),
+                               "int16_why": plan.why_16bit if plan.activations == "uint16" else None}
+        report["npu"] = {"backend": self.target.npu_backend, **cov.to_dict(),
+                         "coverage": cov.fraction, "integer_only": check.integer_only,
+                         "integer_violations": check.violations[:50],
+                         "int16_tensors": result.int16_reasons(check.int16_tensors)}
+        return Built([result.artifact], report, cov.runs_fully)
 
-    def _smoothed(self, baseline: Artifact) -> Artifact:
-        """The float graph the quantizer sees: smoothed, equivalent to the baseline."""
+    def _smoothed(self, module: torch.nn.Module, out_dir: Path) -> tuple[Artifact, dict]:
+        """The float graph the quantizer sees: smoothed, equivalent to `module`."""
         from edgec.passes.smooth import smooth
 
-        calib = [tuple(torch.from_numpy(v) for v in f.values()) for f in self.feeds.calib]
+        calib = [torch_inputs(f) for f in self.feeds.calib]
         with self.progress.step(f"smooth activation outliers (alpha {self.recipe.smooth.alpha})"):
-            result = smooth(self.model.module, calib, self.recipe.smooth)
-            art = export_onnx(result.module, self.feeds.example, [self.output_name], self.scratch / "smoothed.onnx")
-        self.report["smoothing"] = {**self.recipe.smooth.to_dict(), **result.to_dict()}
-        return art
+            result = smooth(module, calib, self.recipe.smooth)
+            art = export_onnx(result.module, self.feeds.example, self.output_names(module),
+                              self.scratch / f"{out_dir.name}-smoothed.onnx")
+        return art, {**self.recipe.smooth.to_dict(), **result.to_dict()}
 
-    def _build_dynamic(self) -> None:
+    def _build_dynamic(self, module: torch.nn.Module, out_dir: Path) -> Built:
         from edgec.exporters.executorch import export_pte
         from edgec.exporters.onnx_cpu import export_cpu_int8, graph_note
 
         cfg = self.model.config
         with self.progress.step("export int8 ONNX for ORT CPU"):
-            art = export_cpu_int8(self.model.module, self.feeds.example, self.work / "model.onnx",
-                                  num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size)
-        self.artifacts.append(art)
+            art = export_cpu_int8(module, self.feeds.example, out_dir / "model.onnx",
+                                  num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
+                                  output_names=self.output_names(module))
         with self.progress.step("export int8 ExecuTorch program (XNNPACK)"):
-            example = tuple(torch.from_numpy(v) for v in self.feeds.example.values())
-            calib = [tuple(torch.from_numpy(v) for v in f.values()) for f in self.feeds.calib[:4]]
-            self.artifacts.append(export_pte(self.model.module, example, self.work / "model.pte", calib))
-        self.report["calibration"] = {"source": "none needed: int8 weights, activations quantized per call"}
-        self.report["graph"] = graph_note(self.model.kind)
-        self.htp_ok = False
+            calib = [torch_inputs(f) for f in self.feeds.calib[:4]]
+            pte = export_pte(module, torch_inputs(self.feeds.example), out_dir / "model.pte", calib)
+        return Built([art, pte], {"calibration": {"source": "none needed: int8 weights, activations "
+                                                            "quantized per call"},
+                                  "graph": graph_note(self.model.kind)})
 
-    def _measure(self, float_art: Artifact) -> None:
-        reference = self.run_all(session(float_art), "float ONNX")
-        per_runtime = {}
-        for art in self.artifacts:
-            per_runtime[f"{art.path.name}@{self._cpu_runtime(art)}"] = self.metric(
-                reference, self.run_all(self._cpu_session(art), art.path.name))
-        if self.htp_ok:
+    def _accuracy(self, reference: list, built: Built) -> dict:
+        per_runtime = {f"{a.path.name}@{on_cpu(a).runtime}": self.metric(
+            reference, self.run_all(session(on_cpu(a)), a.path.name)) for a in built.artifacts}
+        if built.htp_ok:
             n = self.recipe.htp_eval_samples or (8 if self.model.kind == "text" else 100)
             per_runtime["model.onnx@qnn-htp"] = self.metric(
-                reference[:n], self.run_all(session(self.artifacts[0]), "on the HTP simulator", n))
-        primary = per_runtime[next(iter(per_runtime))]
+                reference[:n], self.run_all(session(built.artifacts[0]), "on the HTP simulator", n))
+        return per_runtime
+
+    def _measure(self, baseline: Artifact, primary: Built, qonly: Built | None) -> None:
+        reference = self.run_all(session(baseline), "float ONNX")
+        per_runtime = self._accuracy(reference, primary)
         self.report["accuracy"] = {
             "metric": "pooled sentence-embedding cosine to float" if self.model.kind == "text" else
                       ("top-1 accuracy" if self.feeds.labels is not None else "top-1 agreement with float"),
             "data": self.feeds.eval_source,
             "float": 1.0 if self.model.kind == "text" else self.metric(reference, reference)["value"],
-            "quantized": primary["value"], "per_runtime": per_runtime}
-        self.report["latency_ms"] = self._latency(float_art)
-        self.report["float_bytes"] = float_art.bytes
+            "quantized": next(iter(per_runtime.values()))["value"], "per_runtime": per_runtime}
+        timed = [("float.onnx@ort-cpu", baseline)] + [
+            (f"{a.path.name}@{on_cpu(a).runtime}", on_cpu(a)) for a in primary.artifacts]
+        if qonly is not None:
+            timed += [(f"quantized-only {a.path.name}@{on_cpu(a).runtime}", on_cpu(a)) for a in qonly.artifacts]
+        self.report["latency_ms"] = self._latency(timed, primary)
+        self.report["float_bytes"] = baseline.bytes
+        if qonly is not None:
+            self.report["compared_to_quantized_only"] = self._versus(reference, primary, qonly)
 
-    def _cpu_runtime(self, art: Artifact) -> str:
-        return "executorch" if art.runtime == "executorch" else "ort-cpu"
+    def _versus(self, reference: list, primary: Built, qonly: Built) -> dict:
+        """What the compression passes changed, against float and against quantization alone."""
+        q_acc = self._accuracy(reference, Built(qonly.artifacts))
+        lat = self.report["latency_ms"]
+        out = {}
+        for a, q in zip(primary.artifacts, qonly.artifacts):
+            key = f"{a.path.name}@{on_cpu(a).runtime}"
+            out[key] = {
+                "accuracy": self.report["accuracy"]["per_runtime"][key]["value"],
+                "accuracy_quantized_only": q_acc[key]["value"],
+                "bytes": a.bytes, "bytes_quantized_only": q.bytes,
+                "latency_vs_quantized_only": {label: round(t["median"] / lat[f"quantized-only {key}"][label]["median"], 3)
+                                              for label, t in lat[key].items()},
+                "latency_vs_float": {label: round(t["median"] / lat["float.onnx@ort-cpu"][label]["median"], 3)
+                                     for label, t in lat[key].items()}}
+        return out
 
-    def _cpu_session(self, art: Artifact) -> Runner:
-        return session(art if art.runtime == "executorch" else Artifact(art.path, art.format, "ort-cpu"))
-
-    def _latency(self, float_art: Artifact) -> dict:
+    def _latency(self, timed: list[tuple[str, Artifact]], primary: Built) -> dict:
         runs, out = self.recipe.bench_runs, {}
-        targets = [("float.onnx@ort-cpu", session(float_art))]
-        targets += [(f"{a.path.name}@{self._cpu_runtime(a)}", self._cpu_session(a)) for a in self.artifacts]
         with self.progress.step(f"latency: {runs} warm runs per runtime and input"):
-            for name, run in targets:
+            for name, art in timed:
+                run = session(art)
                 out[name] = {label: bench(lambda: run(feed), runs=runs).to_dict()
                              for label, feed in self.feeds.bench.items()}
-            if self.htp_ok:  # the simulator's time says nothing about a device: few runs, marked
-                run = session(self.artifacts[0])
+            if primary.htp_ok:  # the simulator's time says nothing about a device: few runs, marked
+                run = session(primary.artifacts[0])
                 out["model.onnx@qnn-htp-simulator"] = {
                     label: {**bench(lambda: run(feed), runs=3, warmup=1).to_dict(), "simulated": True}
                     for label, feed in list(self.feeds.bench.items())[:1]}

@@ -8,7 +8,12 @@ from pathlib import Path
 
 from edgec.calibration.plan import PrecisionPlan
 from edgec.errors import InputError
+from edgec.passes.prune import PruneConfig
 from edgec.passes.smooth import SmoothConfig
+from edgec.passes.token_budget import TokenBudgetConfig
+
+_PASS_CONFIGS = {"plan": PrecisionPlan, "smooth": SmoothConfig, "prune": PruneConfig,
+                 "token_budget": TokenBudgetConfig}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -23,6 +28,8 @@ class Recipe:
     # it measured no gain on the zoo models (bench/smoothing.py), it helps pre-LN
     # models whose LayerNorm outputs carry outlier channels.
     smooth: SmoothConfig | None = None
+    prune: PruneConfig | None = None  # structured pruning (heads, MLP channels), before quantization
+    token_budget: TokenBudgetConfig | None = None  # static token dropping after an early block
 
     def __post_init__(self):
         for name in ("seq_len", "calib_samples", "eval_samples", "htp_eval_samples", "bench_runs"):
@@ -33,8 +40,8 @@ class Recipe:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["plan"] = self.plan.to_dict() if self.plan else None
-        d["smooth"] = self.smooth.to_dict() if self.smooth else None
+        for name in _PASS_CONFIGS:
+            d[name] = getattr(self, name).to_dict() if getattr(self, name) else None
         return d
 
     @classmethod
@@ -44,10 +51,9 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
         d = dict(d)
-        if d.get("plan") is not None:
-            d["plan"] = PrecisionPlan.from_dict(d["plan"])
-        if d.get("smooth") is not None:
-            d["smooth"] = SmoothConfig.from_dict(d["smooth"])
+        for name, cls in _PASS_CONFIGS.items():
+            if d.get(name) is not None:
+                d[name] = cls.from_dict(d[name])
         return cls(**d)
 
     def with_overrides(self, **kw) -> "Recipe":

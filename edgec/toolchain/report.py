@@ -46,6 +46,7 @@ def render_markdown(r: dict) -> str:
             row.append(f"{t['median']:.2f} / {t['p90']:.2f} ({ratio:.2f}x){mark}")
         rows.append(row)
     lines += _table(["artifact@runtime", *labels], rows)
+    lines += _compression(r)
     if "graph" in r:
         lines += ["## What the graph does", "", r["graph"], ""]
     if "npu" in r:
@@ -81,3 +82,27 @@ def render_markdown(r: dict) -> str:
                          + ", ".join(f"{k} {v}" for k, v in c["observers_chosen"].items()) + ".")
         lines.append("")
     return "\n".join(lines)
+
+
+def _compression(r: dict) -> list[str]:
+    """Pruning and token dropping: what was removed, and what it cost and bought."""
+    if "pruning" not in r and "token_budget" not in r:
+        return []
+    lines = ["## Compression", ""]
+    if "pruning" in r:
+        p = r["pruning"]
+        lines += [f"Structured pruning ({p['method']}, ratio {p['ratio']}): {p['params_before']:,} -> "
+                  f"{p['params_after']:,} parameters ({p['removed_fraction']:.1%} of the prunable ones).", ""]
+        lines += _table(["layer", "heads kept", "heads removed", "MLP channels kept", "removed"],
+                        [[l["layer"], len(l["heads_kept"]), len(l["heads_removed"]), len(l["channels_kept"]),
+                          len(l["channels_removed"])] for l in p["layers"]])
+    if "token_budget" in r:
+        t = r["token_budget"]
+        lines += [f"Token budget: {t['kept']} of {t['total']} tokens kept after block {t['layer']} "
+                  f"({t['tokens_after']} tokens in later blocks{', one fused' if t['fused'] else ''}).", ""]
+    for key, v in r.get("compared_to_quantized_only", {}).items():
+        lines += [f"`{key}`: accuracy {v['accuracy']:.4f} (quantized only: {v['accuracy_quantized_only']:.4f}), "
+                  f"{v['bytes']:,} bytes (quantized only: {v['bytes_quantized_only']:,}); latency vs quantized "
+                  f"only: " + ", ".join(f"{k} {x:.2f}x" for k, x in v["latency_vs_quantized_only"].items())
+                  + "; vs float: " + ", ".join(f"{k} {x:.2f}x" for k, x in v["latency_vs_float"].items()) + ".", ""]
+    return lines
