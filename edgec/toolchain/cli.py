@@ -106,6 +106,41 @@ def _budget_config(recipe, budget: str | None):
     return TokenBudgetConfig(**{**base, "budget": value})
 
 
+@cli.command()
+@click.argument("model")
+@click.option("--target", "-t", default="npu", show_default=True, help="cpu or npu.")
+@click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--prune", "ratios", default="0,0.1,0.2,0.3,0.4", show_default=True,
+              help="Comma-separated pruning ratios.")
+@click.option("--token-budget", "budgets", default="1.0,0.75,0.5,0.25", show_default=True,
+              help="Comma-separated token budgets (fractions).")
+@click.option("--prune-method", type=click.Choice(["flap", "magnitude"]), default="flap", show_default=True)
+@click.option("--calib", type=click.Path(path_type=Path), help="Calibration data, as for export.")
+@click.option("--recipe", type=click.Path(path_type=Path), help="Recipe file (JSON or YAML).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress output.")
+def sweep(model, target, out, ratios, budgets, prune_method, calib, recipe, quiet) -> None:
+    """Export MODEL at every pruning ratio x token budget and plot the trade-offs."""
+    import torch  # noqa: F401  (torch resets its loggers on import; quiet them after)
+
+    logging.getLogger("torch").setLevel(logging.ERROR)
+    from edgec.toolchain.progress import Progress
+    from edgec.toolchain.recipe import load_recipe
+    from edgec.toolchain.sweep import sweep as run_sweep
+
+    try:
+        grid_r = [float(x) for x in ratios.split(",")]
+        grid_b = [float(x) for x in budgets.split(",")]
+    except ValueError:
+        _fail("--prune and --token-budget take comma-separated numbers, e.g. 0,0.2 and 1.0,0.5")
+    points = run_sweep(model, target, out, grid_r, grid_b, calib, load_recipe(recipe), prune_method,
+                       Progress(quiet))
+    if not quiet:
+        for p in points:
+            click.echo(f"prune {p['prune']:<4g} budget {p['token_budget']:<5g} accuracy {p['accuracy']:.4f} "
+                       f"latency {p['latency_vs_float']:.2f}x float, {p['bytes']:,} bytes", err=True)
+    click.echo(str(out / "report.md"))
+
+
 @cli.group()
 def zoo() -> None:
     """Built-in models."""

@@ -101,7 +101,7 @@ class Export:
         primary = self._build_target(module, self.work, None if compressed else baseline)
         self.report.update(primary.report)
         qonly = None
-        if compressed:  # the same target without the compression passes, to show what they buy
+        if compressed and self.recipe.compare_quantized_only:  # what the compression passes buy
             (self.scratch / "quantized-only").mkdir()
             with self.progress.step("build the quantized-only model for comparison"):
                 qonly = self._build_target(self.model.module, self.scratch / "quantized-only", baseline)
@@ -264,17 +264,38 @@ def _publish(work: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export(source: str, target_name: str, out: Path, calib: Path | None = None,
-           recipe: Recipe = Recipe(), progress: Progress | None = None) -> dict:
-    progress = progress or Progress(quiet=True)
-    target = resolve(target_name)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} is a file: give a directory path")
+@dataclass
+class Prepared:
+    """A loaded model with its data: shared by every export of a sweep."""
+
+    source: str
+    target: Target
+    model: LoadedModel
+    feeds: Feeds
+    load_seconds: float
+
+
+def prepare(source: str, target_name: str, calib: Path | None, recipe: Recipe, progress: Progress) -> Prepared:
+    target = resolve(target_name)  # before loading: a typo fails at once
     t0 = time.perf_counter()
     with progress.step(f"load {source}"):
         model = load(source)
     feeds = build_feeds(model, calib, recipe)
+    return Prepared(source, target, model, feeds, round(time.perf_counter() - t0, 1))
+
+
+def export(source: str, target_name: str, out: Path, calib: Path | None = None,
+           recipe: Recipe = Recipe(), progress: Progress | None = None) -> dict:
+    progress = progress or Progress(quiet=True)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} is a file: give a directory path")
+    return export_prepared(prepare(source, target_name, calib, recipe, progress), out, recipe, progress)
+
+
+def export_prepared(prepared: Prepared, out: Path, recipe: Recipe, progress: Progress) -> dict:
+    model, target, feeds = prepared.model, prepared.target, prepared.feeds
+    t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
@@ -298,7 +319,8 @@ def export(source: str, target_name: str, out: Path, calib: Path | None = None,
             "artifacts": [a.to_dict(work) for a in exp.artifacts],
             **body,
             "size_ratio": {a.path.name: round(a.bytes / body["float_bytes"], 4) for a in exp.artifacts},
-            "step_seconds": progress.timings,
+            "step_seconds": dict(progress.timings),
+            "load_seconds": prepared.load_seconds,
             "export_seconds": round(time.perf_counter() - t0, 1),
         }
         (work / "report.json").write_text(json.dumps(report, indent=2))

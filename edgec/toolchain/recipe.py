@@ -30,6 +30,7 @@ class Recipe:
     smooth: SmoothConfig | None = None
     prune: PruneConfig | None = None  # structured pruning (heads, MLP channels), before quantization
     token_budget: TokenBudgetConfig | None = None  # static token dropping after an early block
+    compare_quantized_only: bool = True  # also build the model without pruning/token dropping
 
     def __post_init__(self):
         for name in ("seq_len", "calib_samples", "eval_samples", "htp_eval_samples", "bench_runs"):

@@ -19,7 +19,7 @@ def render_markdown(r: dict) -> str:
     lines = [f"# edgec export: {m['name']} for {r['target']}", "",
              f"{r['target_description']}.", "",
              f"Model: `{m['architecture']}` ({m['kind']}), {m['parameters']:,} parameters. "
-             f"Export took {r['export_seconds']} s.", "", "## Artifacts", ""]
+             f"Loading took {r['load_seconds']} s, the export {r['export_seconds']} s.", "", "## Artifacts", ""]
     lines += _table(["file", "format", "runtime", "size", "vs float ONNX"],
                     [[f"`{a['path']}`", a["format"], a["runtime"], _kb(a["bytes"]),
                       f"{r['size_ratio'][a['path']]:.3f}x"] for a in r["artifacts"]])
