@@ -52,9 +52,9 @@ class Recipe:
         if unknown:
             raise ValueError(f"unknown recipe keys {sorted(unknown)}; known: {sorted(known)}")
         d = dict(d)
-        for name, cls in _PASS_CONFIGS.items():
+        for name, config in _PASS_CONFIGS.items():
             if d.get(name) is not None:
-                d[name] = cls.from_dict(d[name])
+                d[name] = config.from_dict(d[name])
         return cls(**d)
 
     def with_overrides(self, **kw) -> "Recipe":
