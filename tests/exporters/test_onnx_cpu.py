@@ -87,7 +87,13 @@ def test_missed_attention_fusion_is_an_export_error(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
-def test_rejects_a_module_it_cannot_fuse(tmp_path):
-    with pytest.raises(ExportError, match="TextEncoder or VisionEncoder"):
-        export_cpu_int8(torch.nn.Linear(4, 4), {"x": np.zeros((1, 4), np.float32)},
-                        tmp_path / "m.onnx", 1, 4)
+def test_other_modules_export_as_plain_int8(tmp_path):
+    """Fusion is required only where it is known to apply (text encoders); others still get int8 MatMuls."""
+    lin = torch.nn.Sequential(torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 8))
+    x = np.random.default_rng(0).standard_normal((1, 64)).astype(np.float32)
+    art = export_cpu_int8(lin, {"x": x}, tmp_path / "m.onnx", 1, 64, output_names=["y"])
+    model = onnx.load(art.path)
+    assert any(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in model.graph.node)
+    y = ort_cpu.load(art.path).run({"x": x})[0]
+    ref = lin(torch.from_numpy(x)).detach().numpy()
+    assert np.abs(y - ref).max() < 0.05 * np.abs(ref).max()
