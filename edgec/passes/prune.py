@@ -44,6 +44,7 @@ import torch
 from torch import nn
 
 from edgec.errors import InputError, UnsupportedModelError
+from edgec.models.decoder import Decoder
 from edgec.models.encoder import Attention, Block
 
 METHODS = ("flap", "magnitude")
@@ -353,8 +354,12 @@ def prune(module: nn.Module, calib_inputs: list[tuple[torch.Tensor, ...]], confi
     """Return a pruned deep copy of `module` (eval mode) and what was removed in each layer.
 
     `calib_inputs` are positional argument tuples for `module`'s forward; a
-    forward argument named `attention_mask` selects the real tokens.
+    forward argument named `attention_mask` selects the real tokens. A `Decoder` goes to
+    `prune_decoder`, which removes whole KV groups.
     """
+    if isinstance(module, Decoder):
+        from edgec.passes.prune_decoder import prune_decoder  # it imports this module's helpers
+        return prune_decoder(module, calib_inputs, config)
     new = copy.deepcopy(module).eval()
     blocks = [m for m in new.modules() if isinstance(m, Block)]
     if not blocks:
