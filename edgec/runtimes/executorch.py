@@ -5,9 +5,6 @@ code, so this wrapper turns refusals into `BackendError`s that say what the
 program expected.
 """
 
-import contextlib
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +12,7 @@ import torch
 from executorch.runtime import Method, Program, Runtime
 
 from edgec.errors import BackendError
+from edgec.runtimes.native import silenced
 
 
 class ExecutorchSession:
@@ -40,28 +38,13 @@ class ExecutorchSession:
         return [str(meta.input_tensor_meta(i)) for i in range(meta.num_inputs())]
 
 
-@contextlib.contextmanager
-def _native_stderr_silenced():
-    """XNNPACK's first start prints CPU-probing chatter from C++ straight to fd 2;
-    failures still surface as exceptions, which `load` turns into BackendErrors."""
-    sys.stderr.flush()
-    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(devnull, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(devnull)
-
-
 def load(path: Path) -> ExecutorchSession:
     """Load the `forward` method of the program at `path`."""
     path = Path(path)
     if not path.is_file():
         raise BackendError(f"no .pte file at {path}; check the path or export the model to .pte first")
     try:
-        with _native_stderr_silenced():
+        with silenced(2):
             program = Runtime.get().load_program(path)
     except RuntimeError as e:
         raise BackendError(f"{path} is not a valid ExecuTorch program ({e}); "
@@ -70,7 +53,7 @@ def load(path: Path) -> ExecutorchSession:
         raise BackendError(f"{path} has no 'forward' method (it has {sorted(program.method_names)}); "
                            "export the module's forward")
     try:
-        with _native_stderr_silenced():
+        with silenced(2):
             method = program.load_method("forward")
     except RuntimeError as e:
         raise BackendError(f"{path}: ExecuTorch could not load 'forward' ({e}); the program may need "

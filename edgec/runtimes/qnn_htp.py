@@ -20,6 +20,7 @@ import onnxruntime as ort
 import onnxruntime_qnn
 
 from edgec.errors import BackendError
+from edgec.runtimes.native import silenced
 from edgec.runtimes.htp_rewrites import rewrite_for
 from edgec.runtimes.ort_cpu import (ORT_ERRORS, OrtSession, cannot_load, check_model_file, first_line,
                                     is_bad_model)
@@ -78,7 +79,8 @@ def load(path: Path) -> QnnSession:
     """A session whose whole graph runs on the HTP, or BackendError."""
     check_model_file(path)
     try:
-        return QnnSession(ort.InferenceSession(str(path), _options(strict=True)))
+        with silenced(1):
+            return QnnSession(ort.InferenceSession(str(path), _options(strict=True)))
     except ORT_ERRORS as e:
         if is_bad_model(e):
             raise cannot_load(path, e) from e
@@ -201,7 +203,8 @@ def _probe(source: str | bytes) -> tuple[set[str] | None, list[str], str | None]
         lambda severity, category, logid, location, message:
             messages.append(message) if logid in (_LOG_ID, "Default") else None, 0)
     try:
-        session = ort.InferenceSession(source, options)
+        with silenced(1):
+            session = ort.InferenceSession(source, options)
     except ORT_ERRORS as e:
         return None, messages, first_line(e)
     finally:
@@ -221,7 +224,8 @@ def _strict_error(source: str | bytes, path: Path) -> str | None:
     options = _options(strict=True)
     options.log_severity_level = 4  # the failure comes back as the exception's text
     try:
-        ort.InferenceSession(source, options)
+        with silenced(1):
+            ort.InferenceSession(source, options)
     except ORT_ERRORS as e:
         if is_bad_model(e):
             raise cannot_load(path, e) from e
