@@ -122,7 +122,7 @@ class HtpCoverage:
     def to_dict(self) -> dict:
         return {"total_nodes": self.total_nodes, "htp_nodes": self.htp_nodes,
                 "fraction": round(self.fraction, 4), "runs_fully": self.runs_fully,
-                "error": self.error, "unsupported": [asdict(u) for u in self.unsupported]}
+                "error": self.error, "unsupported_ops": [asdict(u) for u in self.unsupported]}
 
 
 def coverage(path: Path) -> HtpCoverage:

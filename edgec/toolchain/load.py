@@ -73,18 +73,22 @@ def _check_weights(path: Path) -> None:
                              "re-download or re-save the weights") from None
 
 
+TASKS = {"text": "feature-extraction", "image": "image-classification"}
+
+
 def _load_hf(path: Path, kind: str):
-    from transformers import AutoModel, AutoModelForImageClassification
+    """optimum's TasksManager picks the model class for the task from the config."""
+    from optimum.exporters.tasks import TasksManager
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # edgec shows its own progress
     hf_logging.set_verbosity_error()
-
-    cls = AutoModel if kind == "text" else AutoModelForImageClassification
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return cls.from_pretrained(path, local_files_only=True, attn_implementation="eager").eval()
+            return TasksManager.get_model_from_task(
+                TASKS[kind], path, library_name="transformers", local_files_only=True,
+                attn_implementation="eager").eval()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise InputError(f"cannot load the weights in {path} ({str(e).splitlines()[0][:200]}): "
                          "check that they match config.json") from None

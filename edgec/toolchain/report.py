@@ -65,11 +65,11 @@ def render_markdown(r: dict) -> str:
             lines += _table(["tensor", "8-bit SQNR (dB)"],
                             [[t["tensor"], t["sqnr8_db"]] for t in
                              sorted(needed, key=lambda t: t["sqnr8_db"])[:10]])
-        if n.get("unsupported"):
-            shown = n["unsupported"][:MAX_ROWS]
+        if n.get("unsupported_ops"):
+            shown = n["unsupported_ops"][:MAX_ROWS]
             lines += _table(["node", "op", "reason", "rewrite that fixes it"],
                             [[u["name"], u["op_type"], u["reason"], u["rewrite"]] for u in shown])
-            if len(n["unsupported"]) > MAX_ROWS:
+            if len(n["unsupported_ops"]) > MAX_ROWS:
                 lines += [f"... and {len(n['unsupported']) - MAX_ROWS} more in report.json.", ""]
         if n.get("integer_violations"):
             lines += _table(["node", "op", "why it is not integer-only"],

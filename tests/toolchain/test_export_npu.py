@@ -29,7 +29,7 @@ def test_runs_whole_on_htp_and_integer_only(exported, name):
     report = json.loads((exported[name] / "report.json").read_text())
     npu = report["npu"]
     assert npu["backend"] == "qnn-htp"
-    assert npu["runs_fully"] is True and npu["coverage"] == 1.0 and npu["unsupported"] == []
+    assert npu["runs_fully"] is True and npu["coverage"] == 1.0 and npu["unsupported_ops"] == []
     assert npu["integer_only"] is True
     # the checker agrees when run independently on the shipped file
     assert check_integer_only(onnx.load(exported[name] / "model.onnx")).integer_only
