@@ -9,14 +9,16 @@ outputs accurate: 8-bit activations everywhere measured at pooled cosine
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+
+from edgec.config import ConfigDict
 
 ACTIVATION_TYPES = ("uint8", "uint16")
 OBSERVERS = ("minmax", "percentile", "mse", "auto")
 
 
 @dataclass(frozen=True, kw_only=True)
-class PrecisionPlan:
+class PrecisionPlan(ConfigDict):
     activations: str = "uint16"
     weights: str = "int8"  # symmetric, per output channel for MatMul/Gemm/Conv
     embeddings: str = "uint8"  # lookup tables: per-tensor, 8-bit keeps them small
@@ -34,10 +36,3 @@ class PrecisionPlan:
     def why_16bit(self) -> str:
         return ("activations are 16-bit so the residual stream's outlier channels and the "
                 "softmax/LayerNorm/GELU outputs keep their precision; weights stay 8-bit")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PrecisionPlan":
-        return cls(**d)

@@ -23,11 +23,12 @@ with max|W_ij| over all consumers of channel j.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
+from edgec.config import ConfigDict
 from edgec.errors import InputError, UnsupportedModelError
 from edgec.models.encoder import Block
 
@@ -36,7 +37,7 @@ SCALE_RANGE = (1e-5, 1e5)
 
 
 @dataclass(frozen=True, kw_only=True)
-class SmoothConfig:
+class SmoothConfig(ConfigDict):
     alpha: float = 0.5  # migration strength: 0 leaves activations alone, 1 moves all of it into weights
     sites: tuple[str, ...] = SITES
 
@@ -48,16 +49,6 @@ class SmoothConfig:
         unknown = [s for s in self.sites if s not in SITES]
         if unknown or not self.sites:
             raise ValueError(f"sites must be a non-empty subset of {SITES}, got {self.sites!r}")
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "sites": list(self.sites)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "SmoothConfig":
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown SmoothConfig keys {sorted(set(d) - known)}; known: {sorted(known)}")
-        return cls(**d)
 
 
 @dataclass(frozen=True)

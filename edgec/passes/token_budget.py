@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from edgec.config import ConfigDict
 from edgec.models.encoder import ACTIVATIONS, Block, TextEncoder, VisionEncoder
 
 SCORES = ("received", "cls")
@@ -38,7 +39,7 @@ _EPS = 1e-6
 
 
 @dataclass(frozen=True, kw_only=True)
-class TokenBudgetConfig:
+class TokenBudgetConfig(ConfigDict):
     budget: float | int  # float in (0, 1]: fraction of the droppable tokens; int >= 1: how many to keep
     layer: int = 1  # the block whose attention decides; blocks after it run on the kept tokens
     fuse_dropped: bool = True  # EViT: append the attention-weighted mean of the dropped tokens
@@ -69,16 +70,6 @@ class TokenBudgetConfig:
         if self.budget > droppable:
             raise ValueError(f"budget {self.budget} exceeds the {droppable} droppable tokens")
         return self.budget
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TokenBudgetConfig:
-        known = {f.name for f in fields(cls)}
-        if set(d) - known:
-            raise ValueError(f"unknown TokenBudgetConfig keys {sorted(set(d) - known)}; known: {sorted(known)}")
-        return cls(**d)
 
 
 @dataclass
