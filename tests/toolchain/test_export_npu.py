@@ -114,3 +114,26 @@ def test_pruning_and_token_budget_compose_with_npu_quantization(run_cli, tmp_pat
 def test_bad_token_budget_is_a_clean_error(run_cli, tmp_path):
     code, _, err = run_cli("export", "vit-digits", "-o", tmp_path / "o", "--token-budget", "lots", "-q")
     assert code == 2 and "token-budget" in err and "Traceback" not in err
+
+
+def test_image_folder_calibration(run_cli, tmp_path):
+    """A user's folder of images calibrates vit-digits (held-out data stays the test split)."""
+    from PIL import Image
+
+    from edgec.calibration.digits import load_digits_split
+
+    images, _ = load_digits_split("calib")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, x in enumerate(images[:6]):
+        pixels = ((x[0] * 0.5 + 0.5) * 255).clip(0, 255).astype("uint8")
+        Image.fromarray(pixels, mode="L").save(folder / f"{i}.png")
+    out = tmp_path / "vit"
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"eval_samples": 100, "bench_runs": 2, "htp_eval_samples": 1}))
+    code, _, err = run_cli("export", "vit-digits", "-o", out, "--calib", folder, "--recipe", recipe, "-q")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["calibration"]["source"].startswith("6 images from")
+    assert report["npu"]["runs_fully"]
+    assert report["accuracy"]["quantized"] >= 0.9
