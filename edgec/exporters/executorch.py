@@ -61,7 +61,13 @@ def export_pte(module: torch.nn.Module, example_inputs: Inputs, out_path: Path,
                     with _int8_embeddings(module, tables):
                         program = _export(module, example_inputs)
                 program = _quantize(program, example_inputs, calib_inputs or [example_inputs])
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        try:
+            lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        except (AssertionError, RuntimeError) as e:  # the partitioner's own invariant checks
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ExportError(f"ExecuTorch's XNNPACK partitioner cannot lower {type(module).__name__} "
+                              f"({first}); export this model without the pass that added the "
+                              "data-dependent gather (e.g. --token-budget on text) for the .pte") from e
         program_bytes = lowered.to_executorch()
         write_atomic(out_path, lambda tmp: _write(program_bytes, tmp))
     finally:
