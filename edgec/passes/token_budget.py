@@ -124,9 +124,15 @@ def select(scores: torch.Tensor, k: int, fuse: bool):
     others' scores and indices [B, N - K]. One TopK ranks all N, so the two sets partition N
     whatever the ties; a second TopK sorts the kept indices (the exporter's form of sort)."""
     if not fuse:
-        return scores.topk(k, dim=-1).indices.sort(dim=-1).values, None, None
+        return _ascending(scores.topk(k, dim=-1).indices), None, None
     values, idx = scores.topk(scores.shape[-1], dim=-1)
-    return idx[:, :k].sort(dim=-1).values, values[:, k:], idx[:, k:]
+    return _ascending(idx[:, :k]), values[:, k:], idx[:, k:]
+
+
+def _ascending(idx: torch.Tensor) -> torch.Tensor:
+    """Sort by a smallest-first TopK: ONNX exports a sort as TopK anyway, and ExecuTorch's
+    portable kernels have topk but not sort."""
+    return idx.topk(idx.shape[-1], dim=-1, largest=False).values
 
 
 def gather_tokens(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -64,3 +64,16 @@ def test_minilm_artifacts_run_on_plain_runtimes(exported):
     pa, pb = a[0, :5].mean(0), b[0, :5].mean(0)
     assert float(pa @ pb / np.linalg.norm(pa) / np.linalg.norm(pb)) > 0.98
     assert np.all(a[0, 5:] == 0)  # padded rows are exactly zero in the padding-free graph
+
+
+def test_vit_token_budget_on_cpu_runtimes(run_cli, tmp_path):
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps({"eval_samples": 100, "bench_runs": 2}))
+    out = tmp_path / "vit"
+    code, _, err = run_cli("export", "vit-digits", "--target", "cpu", "-o", out, "--token-budget", "0.5",
+                           "--recipe", recipe, "-q")
+    assert code == 0, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["token_budget"]["kept"] == 8
+    for value in report["accuracy"]["per_runtime"].values():
+        assert value["value"] >= 0.9
