@@ -32,11 +32,12 @@ REWRITES: tuple[Rewrite, ...] = (
             "(or onnxruntime.tools.make_dynamic_shape_fixed) and fold shape arithmetic"),
     # Cast float32 -> int64: QNN error 3110, no int64 output type.
     Rewrite(frozenset({"Cast"}), "int64", "cast to int32 instead of int64; the HTP has no int64 Cast"),
-    # Gather validates, then finalisation cannot create q::Gather for a float table
-    # (int32 or int64 ids) or a uint8 QDQ table with int64 ids; uint8 with int32 ids runs.
+    # Gather validates, then finalisation cannot create q::Gather for a float table.
+    # Quantized tables ran: MiniLM's uint8 word table and the token budget's uint16
+    # hidden states, both with int64 ids; a tiny uint8 table with int64 ids did not.
     Rewrite(frozenset({"Gather"}), "",
-            "feed int32 indices and quantize the gathered table (QDQ uint8), "
-            "the one table/index pairing the HTP built"),
+            "quantize the gathered table (QDQ uint8 or uint16) and, if it still fails, "
+            "feed int32 indices"),
     # GatherND with batch_dims=1: "Failed to create GatherND node" (3110); an
     # exported MiniLM failed on its GatherND too.
     Rewrite(frozenset({"GatherND"}), "",
