@@ -2,16 +2,17 @@
 
     python -m bench.prune_minilm [--ratios 0.1,0.2,0.3,0.4]
 
-all-MiniLM-L6-v2 (the zoo's "minilm"), 32 calibration sentences at S=128,
+all-MiniLM-L6-v2 (the zoo's "minilm"), all 160 built-in calibration sentences
+(~3,200 real tokens; 32 sentences reach 0.92 at ratio 0.3 where 160 reach 0.94),
 pooled-embedding cosine to the unpruned float model on the 160 held-out
 sentences, in eager torch. Trailing columns that are padding in every
-held-out sentence are cut before the forward: right padding, so the real
-rows are unchanged. Variants, each at every ratio:
+held-out sentence (and of each calibration batch) are cut before the forward:
+right padding, so the real rows are unchanged. Variants, each at every ratio:
 - magnitude: weight-column norms, no data, no compensation (the baseline),
   ranked per parameter removed, and "magnitude z" with the paper's ranking;
 - flap paper: fluctuation scores z-scored per layer, bias compensation;
-- flap: fluctuation per parameter removed, bias compensation (the default);
-- flap+refit: the same, then a least-squares refit of every o/fc2.
+- flap no refit: fluctuation per parameter removed, bias compensation;
+- flap: the same, then a least-squares refit of every o/fc2 (the default).
 The bar: at ratio 0.3 FLAP keeps cosine >= 0.95, removes >= 25% of the
 encoder's parameters (the transformer layers) and beats magnitude.
 """
@@ -27,13 +28,13 @@ from edgec.calibration.text import builtin_sentences, encode
 from edgec.passes.prune import PruneConfig, prune
 from edgec.toolchain.load import load
 
-SEQ, N_CALIB, BATCH = 128, 32, 8
+SEQ, N_CALIB, BATCH = 128, 160, 8
 VARIANTS = [
     ("magnitude", dict(method="magnitude")),
     ("magnitude z", dict(method="magnitude", allocation="standardised")),
-    ("flap paper", dict(method="flap", allocation="standardised")),
+    ("flap paper", dict(method="flap", allocation="standardised", refit=False)),
+    ("flap no refit", dict(method="flap", refit=False)),
     ("flap", dict(method="flap")),
-    ("flap+refit", dict(method="flap", refit=True)),
 ]
 BAR = dict(ratio=0.3, cosine=0.95, encoder_removed=0.25)
 
@@ -41,7 +42,11 @@ BAR = dict(ratio=0.3, cosine=0.95, encoder_removed=0.25)
 def _batches(tok, texts: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
     enc = encode(tok, texts, SEQ)
     ids, mask = torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"])
-    return [(ids[i:i + BATCH], mask[i:i + BATCH]) for i in range(0, len(ids), BATCH)]
+    out = []
+    for i in range(0, len(ids), BATCH):
+        width = int(mask[i:i + BATCH].sum(1).max())
+        out.append((ids[i:i + BATCH, :width], mask[i:i + BATCH, :width]))
+    return out
 
 
 @torch.no_grad()
@@ -97,7 +102,7 @@ def main(argv: list[str] | None = None) -> None:
     r = BAR["ratio"]
     if (r, "flap") in cos_at:
         mag = max(cos_at[(r, "magnitude")][0], cos_at[(r, "magnitude z")][0])
-        for label in ("flap", "flap+refit"):
+        for label in ("flap", "flap no refit"):
             c, removed = cos_at[(r, label)]
             ok = c >= BAR["cosine"] and removed >= BAR["encoder_removed"] and c > mag
             print(f"bar at ratio {r:g} ({label}): cosine {c:.4f} (>= {BAR['cosine']}), encoder removed "

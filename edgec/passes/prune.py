@@ -22,11 +22,19 @@ ranking. Two rankings:
   structure type, then pooled. Every layer gets the same score spread, and a
   head competes on equal terms with a channel about 2 * head_dim times cheaper.
 
-`refit=True` goes past the bias: layer by layer, in order, the kept weights
-and bias of every `o` and `fc2` are refit by ridge least squares (pulled
+The refit (on by default for flap; `refit=False` turns it off) goes past
+the bias: layer by layer, in order, the kept weights and bias of every `o`
+and `fc2` are refit by ridge least squares (pulled
 towards the compensated weights) so the residual stream entering the next
 LayerNorm matches the unpruned model on the calibration tokens, which also
-absorbs the drift that earlier pruned layers cause.
+absorbs the drift that earlier pruned layers cause. On MiniLM at ratio 0.3
+with the 160 built-in calibration sentences it lifts pooled cosine from 0.90
+to 0.94; on vit-digits top-1 is unchanged at 0.1-0.4. Statistics and refit
+both gain from more calibration text: with 32 sentences (~600 tokens) the
+refit reaches 0.92. Concatenating sentences into full 128-token rows did
+worse (0.88) than the same text as separate sentences, as did re-collecting
+the statistics over 2-3 pruning steps (no gain, twice the cost), and ranking
+by the least-squares (OBS) removal error (0.91).
 
 Every layer keeps at least one head and one channel. With `prune_layers=True`
 a pre-LN block (ViT) may lose a whole sublayer: it becomes the constant its
@@ -49,7 +57,9 @@ from edgec.models.encoder import Attention, Block
 
 METHODS = ("flap", "magnitude")
 ALLOCATIONS = ("per_param", "standardised")
-REFIT_RIDGE = 1.0  # ridge strength, relative to the mean input energy: keeps a refit on few tokens near the start
+# ridge strength, relative to the mean input energy: keeps a refit on few tokens near the start; on MiniLM
+# it beats 0.1 and 3 at both 600 and 3,200 calibration tokens
+REFIT_RIDGE = 1.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,7 +68,7 @@ class PruneConfig:
     method: str = "flap"  # "flap" (fluctuation, bias compensation) or "magnitude" (weight norms only)
     prune_layers: bool = False  # let a pre-LN block lose a whole attention or MLP sublayer
     allocation: str = "per_param"  # global ranking: "per_param" or the paper's "standardised"
-    refit: bool = False  # least-squares refit of the kept o/fc2 weights (flap only)
+    refit: bool | None = None  # least-squares refit of the kept o/fc2 weights; None: on for flap encoders
 
     def __post_init__(self):
         real = isinstance(self.ratio, (int, float)) and not isinstance(self.ratio, bool)
@@ -68,11 +78,17 @@ class PruneConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
-        for name in ("prune_layers", "refit"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if not isinstance(self.prune_layers, bool):
+            raise ValueError(f"prune_layers must be a bool, got {self.prune_layers!r}")
+        if self.refit is not None and not isinstance(self.refit, bool):
+            raise ValueError(f"refit must be a bool or None, got {self.refit!r}")
         if self.refit and self.method != "flap":
             raise ValueError("refit needs calibration statistics: use it with method='flap'")
+
+    @property
+    def refits(self) -> bool:
+        """Whether the kept o/fc2 weights are refit: `refit`, or by default for flap."""
+        return self.method == "flap" if self.refit is None else self.refit
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -376,7 +392,7 @@ def prune(module: nn.Module, calib_inputs: list[tuple[torch.Tensor, ...]], confi
         for i, b in enumerate(blocks):
             for sub, lin in _sublayers(b).items():
                 taps[(i, sub)] = (lin, "in")
-                if config.refit:
+                if config.refits:
                     taps[(i, sub, "out")], taps[(i, sub, "res")] = (lin, "out"), _residual_taps(b)[sub]
 
         def sink(key, x):
@@ -396,7 +412,7 @@ def prune(module: nn.Module, calib_inputs: list[tuple[torch.Tensor, ...]], confi
                       "sublayer (its LayerNorm is inside the residual)"
                       for sub in ("attn", "mlp") if config.prune_layers and not b.pre_norm and len(kept[sub]) == 1)
         cuts.append((kept, gone, _cut(b, kept, gone, stats, i), notes))
-    refit = set(_refit(new, blocks, calib_inputs, seen)) if config.refit and chosen else set()
+    refit = set(_refit(new, blocks, calib_inputs, seen)) if config.refits and chosen else set()
     layers = [LayerPrune(i, tuple(kept["attn"]), tuple(gone["attn"]), tuple(kept["mlp"]), tuple(gone["mlp"]),
                          flap and bool(gone["attn"] or gone["mlp"]), i in refit, removed["attn"], removed["mlp"],
                          notes) for i, (kept, gone, removed, notes) in enumerate(cuts)]

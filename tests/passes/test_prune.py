@@ -159,7 +159,7 @@ def test_bias_compensation_restores_the_mean_of_pruned_channels():
         vit.layers[1].fc1.weight[planted] *= 0.01
         vit.layers[1].fc1.bias[planted] = 4.0
     calib, held_out = vit_inputs(4, 0), vit_inputs(2, 1)
-    res = prune(vit, calib, PruneConfig(ratio=16 * CHANNEL_COST / prunable(vit)))
+    res = prune(vit, calib, PruneConfig(ratio=16 * CHANNEL_COST / prunable(vit), refit=False))
     assert set(res.layers[1].channels_removed) == set(planted)
     assert res.layers[1].bias_compensated
     uncompensated = copy.deepcopy(res.module)
@@ -171,10 +171,19 @@ def test_bias_compensation_restores_the_mean_of_pruned_channels():
 
 def test_refit_reduces_the_error_of_the_same_pruning():
     vit, calib, held_out = tiny_vit(), vit_inputs(8, 0), vit_inputs(4, 1)
-    plain = prune(vit, calib, PruneConfig(ratio=0.5))
+    plain = prune(vit, calib, PruneConfig(ratio=0.5, refit=False))
     refit = prune(vit, calib, PruneConfig(ratio=0.5, refit=True))
     assert [l.channels_removed for l in refit.layers] == [l.channels_removed for l in plain.layers]
     assert max_error(vit, refit.module, held_out) < 0.8 * max_error(vit, plain.module, held_out)
+
+
+def test_refit_is_on_by_default_for_flap_only():
+    vit, calib = tiny_vit(), vit_inputs(4, 0)
+    assert PruneConfig(ratio=0.3).refits and not PruneConfig(ratio=0.3, method="magnitude").refits
+    assert not PruneConfig(ratio=0.3, refit=False).refits
+    assert all(l.refit for l in prune(vit, calib, PruneConfig(ratio=0.3)).layers)
+    assert not any(l.refit for l in prune(vit, calib, PruneConfig(ratio=0.3, method="magnitude")).layers)
+    assert not any(l.refit for l in prune(vit, calib, PruneConfig(ratio=0.3, refit=False)).layers)
 
 
 def test_padding_does_not_enter_the_statistics():
@@ -229,7 +238,8 @@ def test_result_is_data():
 
 @pytest.mark.parametrize("bad", [dict(ratio=1.0), dict(ratio=-0.1), dict(ratio="0.3"), dict(ratio=True),
                                  dict(ratio=0.3, method="random"), dict(ratio=0.3, allocation="uniform"),
-                                 dict(ratio=0.3, prune_layers=1), dict(ratio=0.3, method="magnitude", refit=True)])
+                                 dict(ratio=0.3, prune_layers=1), dict(ratio=0.3, refit=1),
+                                 dict(ratio=0.3, method="magnitude", refit=True)])
 def test_config_rejects_bad_values(bad):
     with pytest.raises(ValueError):
         PruneConfig(**bad)
