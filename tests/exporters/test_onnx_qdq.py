@@ -1,6 +1,7 @@
 """Float ONNX export and QDQ quantization of a tiny TextEncoder, checked on ORT CPU and the HTP."""
 
 import numpy as np
+from helpers import padded_feeds
 import onnx
 import pytest
 import torch
@@ -22,18 +23,8 @@ def _encoder():
                        layers=[{"heads": 4, "head_dim": 8, "intermediate": 64}] * 2, act="gelu", eps=1e-12).eval()
 
 
-def _feeds(lengths, seed):
-    """Right-padded int64 [1, SEQ] inputs with the given numbers of real tokens."""
-    rng = np.random.default_rng(seed)
-    out = []
-    for n in lengths:
-        mask = (np.arange(SEQ) < n).astype(np.int64)[None]
-        out.append({"input_ids": rng.integers(1, 100, (1, SEQ)).astype(np.int64) * mask, "attention_mask": mask})
-    return out
-
-
-CALIB = _feeds([11, 16, 5, 9, 14, 7, 12, 3], seed=0)
-HELD_OUT = _feeds([10, 16, 4, 13], seed=1)
+CALIB = padded_feeds([11, 16, 5, 9, 14, 7, 12, 3], SEQ, seed=0)
+HELD_OUT = padded_feeds([10, 16, 4, 13], SEQ, seed=1)
 
 
 def _cosine(a, b):

@@ -7,6 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import randomise_norms
 
 from edgec.exporters.onnx_float import export_onnx
 from edgec.models.encoder import TextEncoder, VisionEncoder
@@ -18,19 +19,11 @@ HEAD_COST = 4 * HIDDEN * HEAD_DIM + 3 * HEAD_DIM
 CHANNEL_COST = 2 * HIDDEN + 1
 
 
-def _randomise_norms(model: torch.nn.Module) -> None:
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.LayerNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.1)
-
-
 def tiny_bert() -> TextEncoder:
     torch.manual_seed(0)
     bert = TextEncoder(vocab=100, max_pos=16, type_vocab=2, hidden=HIDDEN, layers=LAYERS, act="gelu",
                        eps=1e-12).eval()
-    _randomise_norms(bert)
+    randomise_norms(bert)
     return bert
 
 
@@ -38,7 +31,7 @@ def tiny_vit() -> VisionEncoder:
     torch.manual_seed(0)
     vit = VisionEncoder(channels=1, patch=2, image_size=8, hidden=HIDDEN, layers=LAYERS, act="gelu",
                         eps=1e-6, num_labels=10).eval()
-    _randomise_norms(vit)
+    randomise_norms(vit)
     with torch.no_grad():
         vit.pos.normal_(0.0, 0.5)
     return vit

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from helpers import randomise_norms
 
 from edgec.models.encoder import TextEncoder, VisionEncoder
 from edgec.passes.smooth import SmoothConfig, smooth
@@ -10,20 +11,11 @@ LAYERS = [{"heads": 4, "head_dim": 8, "intermediate": 64}, {"heads": 2, "head_di
 OUTLIER = 5  # the planted channel
 
 
-def _randomise_norms(model: torch.nn.Module) -> None:
-    """Constructors leave LayerNorms at identity; real checkpoints do not."""
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.LayerNorm):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.normal_(0.0, 0.1)
-
-
 def tiny_vit() -> VisionEncoder:
     torch.manual_seed(0)
     vit = VisionEncoder(channels=1, patch=2, image_size=8, hidden=32, layers=LAYERS, act="gelu",
                         eps=1e-6, num_labels=10).eval()
-    _randomise_norms(vit)
+    randomise_norms(vit)
     with torch.no_grad():
         vit.pos.normal_(0.0, 0.5)
         vit.layers[0].ln1.weight[OUTLIER] *= 50  # q/k/v of layer 0 see one huge input channel
@@ -35,7 +27,7 @@ def tiny_bert() -> TextEncoder:
     torch.manual_seed(0)
     bert = TextEncoder(vocab=100, max_pos=32, type_vocab=2, hidden=32, layers=LAYERS, act="gelu",
                        eps=1e-12).eval()
-    _randomise_norms(bert)
+    randomise_norms(bert)
     with torch.no_grad():
         bert.layers[0].attn.v.weight[OUTLIER] *= 50  # one context channel of layer 0 is an outlier
     return bert

@@ -1,6 +1,7 @@
 """onnx_io: what an app feeds a QDQ artifact and how it reads the output."""
 
 import numpy as np
+from helpers import padded_feeds
 import pytest
 import torch
 
@@ -14,22 +15,13 @@ from edgec.toolchain.manifest import onnx_io
 SEQ = 16
 
 
-def _feeds(lengths, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for n in lengths:
-        mask = (np.arange(SEQ) < n).astype(np.int64)[None]
-        out.append({"input_ids": rng.integers(1, 100, (1, SEQ)).astype(np.int64) * mask, "attention_mask": mask})
-    return out
-
-
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     out = tmp_path_factory.mktemp("manifest")
     torch.manual_seed(0)
     module = TextEncoder(vocab=100, max_pos=64, type_vocab=2, hidden=32,
                          layers=[{"heads": 4, "head_dim": 8, "intermediate": 64}] * 2, act="gelu", eps=1e-12)
-    feeds = _feeds([11, 16, 5, 9, 14, 7, 12, 3])
+    feeds = padded_feeds([11, 16, 5, 9, 14, 7, 12, 3], SEQ)
     float_art = export_onnx(module, feeds[0], ["last_hidden_state"], out / "float.onnx")
     qdq = quantize_qdq(float_art.path, out / "qdq.onnx", feeds, PrecisionPlan()).artifact
     return float_art.path, qdq.path, feeds
