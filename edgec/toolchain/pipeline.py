@@ -94,8 +94,8 @@ class Export:
 
     def build(self) -> dict:
         with self.progress.step("export float ONNX (baseline)"):
-            baseline = export_onnx(self.model.module, self.feeds.example, ["last_hidden_state"]
-                                   if self.model.kind == "text" else ["logits"], self.scratch / "float.onnx")
+            baseline = export_onnx(self.model.module, self.feeds.example, self.output_names(self.model.module),
+                                   self.scratch / "float.onnx")
         module = self._compress(self.model.module)
         compressed = module is not self.model.module
         primary = self._build_target(module, self.work, None if compressed else baseline)
