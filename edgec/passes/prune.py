@@ -2,12 +2,17 @@
 
 Removing input channel j of a linear layer `y = W x + b` changes its output by
 `W[:, j] x_j`. Its mean part `W[:, j] E[x_j]` goes back into the bias exactly
-("bias compensation"), so what is lost is the part that fluctuates: FLAP
-scores a channel by `Var(x_j) * ||W[:, j]||^2` over the calibration tokens
-(padding excluded), at the input of the attention output projection `o` (a
-head is the sum of its `head_dim` channels) and of the MLP down projection
-`fc2` (one intermediate channel each). "magnitude" is the data-free baseline:
-`||W[:, j]||^2` alone, the same allocation, no compensation.
+("bias compensation"), so what is lost is the part that fluctuates. FLAP
+scores a channel by that fluctuation at the layer, `Var(x_j) * ||W[:, j]||^2`
+over the calibration tokens (padding excluded; `score="local"`), at the input
+of the attention output projection `o` (a head is the sum of its `head_dim`
+channels) and of the MLP down projection `fc2` (one intermediate channel each).
+The default `score="output"` measures the same fluctuation where it matters,
+at the model output: the squared change of the output when x_j is replaced by
+its mean, to first order (an output-space Fisher score, one backward pass of
+a random projection per calibration batch). It sees what later layers amplify
+or wash out, which the local score cannot. "magnitude" is the data-free
+baseline: `||W[:, j]||^2` alone, the same allocation, no compensation.
 
 Allocation is global: candidates from all layers are ranked together and the
 lowest go first until `ratio` of the prunable parameters (q/k/v/o and fc1/fc2
@@ -16,25 +21,32 @@ ranking. Two rankings:
 - "per_param" (default): score divided by the parameters the structure
   removes (a head `4 * hidden * head_dim + 3 * head_dim`, a channel
   `2 * hidden + 1`). A score is an output error, so this removes the least
-  error per parameter saved. On MiniLM at ratio 0.3 it keeps pooled cosine
-  0.89 where the paper's ranking keeps 0.74 (bench/prune_minilm.py).
+  error per parameter saved.
 - "standardised" (the FLAP paper): scores z-scored within each layer and
   structure type, then pooled. Every layer gets the same score spread, and a
   head competes on equal terms with a channel about 2 * head_dim times cheaper.
+With `steps > 1` the ratio is reached in equal steps, each scored on the model
+the previous one left (after its refit), so structures that become important
+once others are gone are seen.
 
 The refit (on by default for flap; `refit=False` turns it off) goes past
-the bias: layer by layer, in order, the kept weights and bias of every `o`
-and `fc2` are refit by ridge least squares (pulled
-towards the compensated weights) so the residual stream entering the next
-LayerNorm matches the unpruned model on the calibration tokens, which also
-absorbs the drift that earlier pruned layers cause. On MiniLM at ratio 0.3
-with the 160 built-in calibration sentences it lifts pooled cosine from 0.90
-to 0.94; on vit-digits top-1 is unchanged at 0.1-0.4. Statistics and refit
-both gain from more calibration text: with 32 sentences (~600 tokens) the
-refit reaches 0.92. Concatenating sentences into full 128-token rows did
-worse (0.88) than the same text as separate sentences, as did re-collecting
-the statistics over 2-3 pruning steps (no gain, twice the cost), and ranking
-by the least-squares (OBS) removal error (0.91).
+the bias: layer by layer, in forward order, every kept linear layer is refit
+by ridge least squares (pulled towards its current weights) against the
+unpruned model on the calibration tokens: q/k/v and fc1 to its outputs at the
+kept rows, o and fc2 so that the residual stream entering the next LayerNorm
+matches. Each fit sees the inputs the already-pruned layers before it
+produce, so it also absorbs their drift.
+
+Measured on MiniLM at ratio 0.3 with the 160 built-in calibration sentences,
+pooled cosine to float on the 160 held-out ones (bench/prune_minilm.py): the
+paper's ranking 0.74; local score per parameter 0.89, with the o/fc2 refit
+0.939; output score with the full refit 0.950, in 3 steps 0.952 (5 steps:
+0.949). With 32 sentences (~600 tokens) everything is 0.01-0.02 lower, hence
+the pipeline's larger pruning calibration set. Tried and dropped: sentence
+fragments added to the calibration text, sentence-length weighting of the
+refit, per-sentence (pooled) instead of per-token output scores, more random
+projections, and ranking by the least-squares (OBS) removal error: none beat
+the noise of about +-0.002.
 
 Every layer keeps at least one head and one channel. With `prune_layers=True`
 a pre-LN block (ViT) may lose a whole sublayer: it becomes the constant its
@@ -57,6 +69,7 @@ from edgec.models.encoder import Attention, Block
 
 METHODS = ("flap", "magnitude")
 ALLOCATIONS = ("per_param", "standardised")
+SCORES = ("output", "local")
 # ridge strength, relative to the mean input energy: keeps a refit on few tokens near the start; on MiniLM
 # it beats 0.1 and 3 at both 600 and 3,200 calibration tokens
 REFIT_RIDGE = 1.0
@@ -69,6 +82,8 @@ class PruneConfig:
     prune_layers: bool = False  # let a pre-LN block lose a whole attention or MLP sublayer
     allocation: str = "per_param"  # global ranking: "per_param" or the paper's "standardised"
     refit: bool | None = None  # least-squares refit of the kept o/fc2 weights; None: on for flap encoders
+    score: str = "output"  # flap: fluctuation seen at the model output ("output") or at the layer ("local")
+    steps: int = 3  # flap: reach the ratio in this many equal steps, re-scoring the model each one leaves
 
     def __post_init__(self):
         real = isinstance(self.ratio, (int, float)) and not isinstance(self.ratio, bool)
@@ -82,6 +97,10 @@ class PruneConfig:
             raise ValueError(f"prune_layers must be a bool, got {self.prune_layers!r}")
         if self.refit is not None and not isinstance(self.refit, bool):
             raise ValueError(f"refit must be a bool or None, got {self.refit!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
+        if type(self.steps) is not int or self.steps < 1:
+            raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
         if self.refit and self.method != "flap":
             raise ValueError("refit needs calibration statistics: use it with method='flap'")
 
@@ -229,6 +248,47 @@ class _Moments:
         return (self.ss / self.n - self.mean ** 2).clamp_min(0.0)
 
 
+def _output_scores(module: nn.Module, blocks: list[Block], calib_inputs, means: dict) -> dict:
+    """FLAP's fluctuation, seen at the model output: for each head and MLP channel, the expected
+    squared change of the output when its input to o/fc2 is replaced by the calibration mean
+    (what bias compensation leaves), to first order: sum over samples of ||J_j||^2, with
+    J_j = d output / d m_j for x_j' = mean_j + m_j (x_j - mean_j). One backward per batch of a
+    random projection r . output (E[(r . J)^2] = ||J||^2) gives every sample's J at once."""
+    names = list(inspect.signature(module.forward).parameters)
+    where = names.index("attention_mask") if "attention_mask" in names else None
+    taps, seen = {}, {}
+    for i, b in enumerate(blocks):
+        for sub, lin in _sublayers(b).items():
+            taps[(i, sub)] = lin
+    hooks = [lin.register_forward_pre_hook(lambda _m, args, key=key: seen.__setitem__(key, args[0]))
+             for key, lin in taps.items()]
+    gen, fisher = torch.Generator().manual_seed(0), {}
+    try:
+        for inputs in calib_inputs:
+            seen.clear()
+            with torch.enable_grad():
+                out = module(*inputs)
+                out = out[0] if isinstance(out, tuple) else out
+                mask = inputs[where] if where is not None and len(inputs) > where else None
+                weight = mask[..., None].to(out.dtype) if mask is not None and mask.shape == out.shape[:-1] else 1.0
+                r = torch.randn(out.shape, generator=gen, dtype=out.dtype)
+                grads = torch.autograd.grad((out * r * weight).sum(), list(seen.values()), allow_unused=True)
+            for (key, x), g in zip(seen.items(), grads):
+                if g is None:
+                    continue
+                dev = x.detach().double() - means[key]
+                if mask is not None and mask.shape == x.shape[:-1]:
+                    dev = dev * mask[..., None]
+                j = (g.double() * dev).flatten(1, -2).sum(1) if x.dim() > 2 else g.double() * dev  # [B, C]
+                if key[1] == "attn":
+                    j = j.view(len(j), -1, blocks[key[0]].attn.head_dim).sum(-1)
+                fisher[key] = fisher.get(key, 0.0) + (j * j).sum(0)
+    finally:
+        for h in hooks:
+            h.remove()
+    return fisher
+
+
 def _sublayers(block: Block) -> dict[str, nn.Linear]:
     """The projections whose input channels are pruned: "attn" -> o, "mlp" -> fc2 (absent once removed)."""
     out = {}
@@ -286,27 +346,57 @@ def _residual_taps(block: Block) -> dict[str, tuple[nn.Module, str]]:
 
 
 @torch.no_grad()
-def _refit(module: nn.Module, blocks: list[Block], calib_inputs, seen: dict) -> list[int]:
-    """Refit every remaining o/fc2, in forward order, so that residual + sublayer output matches
-    `seen`, the unpruned model's, on the calibration tokens."""
+def _fit(lin: nn.Linear, x: torch.Tensor, target: torch.Tensor) -> None:
+    """Ridge least squares of `lin` (weight and free bias) on x -> target, pulled towards its weights."""
+    xt = torch.cat([x, x.new_ones(len(x), 1)], 1)
+    if lin.bias is None:
+        lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype))
+    start = torch.cat([lin.weight.double(), lin.bias.double()[:, None]], 1)
+    gram = xt.T @ xt
+    ridge = torch.eye(len(gram), dtype=gram.dtype) * REFIT_RIDGE * gram.diagonal()[:-1].mean()
+    ridge[-1, -1] = 0.0  # the bias is free
+    theta = torch.linalg.solve(gram + ridge, xt.T @ target + ridge @ start.T).T
+    lin.weight.copy_(theta[:, :-1])
+    lin.bias.copy_(theta[:, -1])
+
+
+def _input_taps(block: Block) -> dict[str, tuple[nn.Module, str]]:
+    """The kept rows of q/k/v and fc1, refit to the unpruned model's outputs."""
+    taps = {"fc1": (block.fc1, "out")} if isinstance(block.fc1, nn.Linear) else {}
+    if isinstance(block.attn, Attention):
+        taps.update({name: (getattr(block.attn, name), "out") for name in ("q", "k", "v")})
+    return taps
+
+
+@torch.no_grad()
+def _refit(module: nn.Module, blocks: list[Block], calib_inputs, seen: dict, rows: dict) -> list[int]:
+    """Refit every remaining linear layer, in forward order, against `seen`, the unpruned model's
+    activations on the calibration tokens: q/k/v and fc1 to its outputs (their kept `rows`), o and
+    fc2 so that residual + sublayer output matches."""
     refit = []
     for i, b in enumerate(blocks):
-        for sub, lin in _sublayers(b).items():
-            got: dict = {}
-            _record(module, calib_inputs, {"x": (lin, "in"), "res": _residual_taps(b)[sub]},
-                    lambda k, x: got.setdefault(k, []).append(x.double()), stop=lin)
-            x, res = torch.cat(got["x"]), torch.cat(got["res"])
-            target = torch.cat(seen[(i, sub, "out")]).double() + torch.cat(seen[(i, sub, "res")]).double() - res
-            xt = torch.cat([x, x.new_ones(len(x), 1)], 1)
-            if lin.bias is None:
-                lin.bias = nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype))
-            start = torch.cat([lin.weight.double(), lin.bias.double()[:, None]], 1)
-            gram = xt.T @ xt
-            ridge = torch.eye(len(gram), dtype=gram.dtype) * REFIT_RIDGE * gram.diagonal()[:-1].mean()
-            ridge[-1, -1] = 0.0  # the bias is free
-            theta = torch.linalg.solve(gram + ridge, xt.T @ target + ridge @ start.T).T
-            lin.weight.copy_(theta[:, :-1])
-            lin.bias.copy_(theta[:, -1])
+        inner = _input_taps(b)
+        order = [("attn", [b.attn.q, b.attn.k, b.attn.v] if "q" in inner else []), ("attn", None),
+                 ("mlp", [b.fc1] if "fc1" in inner else []), ("mlp", None)]
+        for sub, lins in order:
+            if lins is None:  # o or fc2
+                lin = _sublayers(b).get(sub)
+                if lin is None:
+                    continue
+                got: dict = {}
+                _record(module, calib_inputs, {"x": (lin, "in"), "res": _residual_taps(b)[sub]},
+                        lambda k, x: got.setdefault(k, []).append(x.double()), stop=lin)
+                res = torch.cat(got["res"])
+                target = torch.cat(seen[(i, sub, "out")]).double() + torch.cat(seen[(i, sub, "res")]).double() - res
+                _fit(lin, torch.cat(got["x"]), target)
+            elif lins:
+                got = {}
+                _record(module, calib_inputs, {"x": (lins[0], "in")},
+                        lambda k, x: got.setdefault(k, []).append(x.double()), stop=lins[0])
+                x = torch.cat(got["x"])
+                names = ("q", "k", "v") if sub == "attn" else ("fc1",)
+                for name, lin in zip(names, lins):
+                    _fit(lin, x, torch.cat(seen[(i, name)]).double()[:, rows[(i, sub)]])
             if i not in refit:
                 refit.append(i)
     return refit
@@ -316,9 +406,10 @@ def _params(modules) -> int:
     return sum(p.numel() for m in modules for p in m.parameters())
 
 
-def _candidates(blocks: list[Block], stats: dict, config: PruneConfig):
+def _candidates(blocks: list[Block], stats: dict, fisher: dict, config: PruneConfig):
     """(ranking key, layer, sublayer, index, parameters removed) for every head and MLP channel,
-    plus how many each sublayer has and how few it may keep."""
+    plus how many each sublayer has and how few it may keep. `fisher` (output scores) replaces
+    the local fluctuation `Var(x_j) ||W[:, j]||^2` where given; neither: magnitude."""
     candidates, count, floor = [], {}, {}
     for i, b in enumerate(blocks):
         for sub in ("attn", "mlp"):
@@ -326,14 +417,13 @@ def _candidates(blocks: list[Block], stats: dict, config: PruneConfig):
             count[(i, sub)] = floor[(i, sub)] = 0
             if lin is None:
                 continue
-            score = lin.weight.detach().double().pow(2).sum(0)
-            score = score * stats[(i, sub)].var if stats else score
-            hidden = lin.out_features
-            if sub == "attn":
-                d = b.attn.head_dim
-                score, cost = score.view(-1, d).sum(1), 4 * hidden * d + 3 * d
+            hidden, d = lin.out_features, b.attn.head_dim if sub == "attn" else 1
+            if fisher:
+                score = fisher[(i, sub)]
             else:
-                cost = 2 * hidden + 1
+                score = lin.weight.detach().double().pow(2).sum(0)
+                score = (score * stats[(i, sub)].var if stats else score).view(-1, d).sum(1)
+            cost = 4 * hidden * d + 3 * d if sub == "attn" else 2 * hidden + 1
             key = _standardise(score) if config.allocation == "standardised" else score / cost
             candidates += [(k, i, sub, j, cost) for j, k in enumerate(key.tolist())]
             count[(i, sub)], floor[(i, sub)] = len(score), 0 if config.prune_layers and b.pre_norm else 1
@@ -366,6 +456,13 @@ def _cut(b: Block, kept: dict[str, list[int]], gone: dict[str, list[int]], stats
     return removed
 
 
+def _moments(module: nn.Module, blocks: list[Block], calib_inputs) -> dict:
+    stats = {}
+    taps = {(i, sub): (lin, "in") for i, b in enumerate(blocks) for sub, lin in _sublayers(b).items()}
+    _record(module, calib_inputs, taps, lambda key, x: stats.setdefault(key, _Moments()).add(x))
+    return stats
+
+
 def prune(module: nn.Module, calib_inputs: list[tuple[torch.Tensor, ...]], config: PruneConfig) -> PruneResult:
     """Return a pruned deep copy of `module` (eval mode) and what was removed in each layer.
 
@@ -386,34 +483,56 @@ def prune(module: nn.Module, calib_inputs: list[tuple[torch.Tensor, ...]], confi
         raise InputError("FLAP pruning needs calibration samples: give at least one, or use method='magnitude'")
     prunable = lambda: sum(_params((b.attn, b.fc1, b.fc2)) for b in blocks)
     params_before, prunable_before = _params([new]), prunable()
-    stats, seen = {}, {}  # input moments of o/fc2; with refit, also their outputs and residual streams
-    if flap:
+    seen = {}  # with refit: the unpruned model's o/fc2 outputs and residual streams, the refit's target
+    if flap and config.refits:
         taps = {}
         for i, b in enumerate(blocks):
             for sub, lin in _sublayers(b).items():
-                taps[(i, sub)] = (lin, "in")
-                if config.refits:
-                    taps[(i, sub, "out")], taps[(i, sub, "res")] = (lin, "out"), _residual_taps(b)[sub]
+                taps[(i, sub, "out")], taps[(i, sub, "res")] = (lin, "out"), _residual_taps(b)[sub]
+            taps.update({(i, name): tap for name, tap in _input_taps(b).items()})
+        _record(new, calib_inputs, taps, lambda key, x: seen.setdefault(key, []).append(x.float()))
 
-        def sink(key, x):
-            if len(key) == 2:
-                stats.setdefault(key, _Moments()).add(x)
-            else:
-                seen.setdefault(key, []).append(x.float())
-        _record(new, calib_inputs, taps, sink)
-
-    candidates, count, floor = _candidates(blocks, stats, config)
-    chosen = _allocate(candidates, config.ratio * prunable_before, count, floor) if config.ratio > 0 else set()
-    cuts = []
+    head_dim = {i: b.attn.head_dim for i, b in enumerate(blocks)}
+    # original indices of the heads and channels each block still has
+    ids = {(i, sub): list(range(n)) for i, b in enumerate(blocks)
+           for sub, n in (("attn", b.attn.heads), ("mlp", b.fc1.out_features))}
+    gone = {key: [] for key in ids}
+    removed_whole, notes, refit, compensated = {}, {}, set(), set()
+    steps = 0 if config.ratio == 0 else config.steps if flap else 1  # magnitude: nothing to re-score
+    for step in range(1, steps + 1):
+        stats = _moments(new, blocks, calib_inputs) if flap else {}
+        fisher = {}
+        if flap and config.score == "output":
+            fisher = _output_scores(new, blocks, calib_inputs, {k: m.mean for k, m in stats.items()})
+        candidates, count, floor = _candidates(blocks, stats, fisher, config)
+        budget = config.ratio * prunable_before * step / steps - (prunable_before - prunable())
+        chosen = _allocate(candidates, budget, count, floor)
+        if not chosen:
+            continue
+        for i, b in enumerate(blocks):
+            kept_now = {sub: [j for j in range(count[(i, sub)]) if (i, sub, j) not in chosen] for sub in ("attn", "mlp")}
+            gone_now = {sub: [j for j in range(count[(i, sub)]) if (i, sub, j) in chosen] for sub in ("attn", "mlp")}
+            if not (gone_now["attn"] or gone_now["mlp"]):
+                continue
+            for sub in ("attn", "mlp"):
+                gone[(i, sub)] += [ids[(i, sub)][j] for j in gone_now[sub]]
+                ids[(i, sub)] = [ids[(i, sub)][j] for j in kept_now[sub]]
+            for sub, whole in _cut(b, kept_now, gone_now, stats, i).items():
+                removed_whole[(i, sub)] = removed_whole.get((i, sub), False) or whole
+            if flap:
+                compensated.add(i)
+        if config.refits:
+            d = head_dim
+            rows = {(i, sub): torch.tensor([h * d[i] + t for h in kept for t in range(d[i])] if sub == "attn"
+                                           else kept, dtype=torch.long) for (i, sub), kept in ids.items()}
+            refit |= set(_refit(new, blocks, calib_inputs, seen, rows))
+    layers = []
     for i, b in enumerate(blocks):
-        kept = {sub: [j for j in range(count[(i, sub)]) if (i, sub, j) not in chosen] for sub in ("attn", "mlp")}
-        gone = {sub: [j for j in range(count[(i, sub)]) if (i, sub, j) in chosen] for sub in ("attn", "mlp")}
-        notes = tuple(f"{sub}: kept 1 {'head' if sub == 'attn' else 'channel'}; a post-LN block cannot drop a "
-                      "sublayer (its LayerNorm is inside the residual)"
-                      for sub in ("attn", "mlp") if config.prune_layers and not b.pre_norm and len(kept[sub]) == 1)
-        cuts.append((kept, gone, _cut(b, kept, gone, stats, i), notes))
-    refit = set(_refit(new, blocks, calib_inputs, seen)) if config.refits and chosen else set()
-    layers = [LayerPrune(i, tuple(kept["attn"]), tuple(gone["attn"]), tuple(kept["mlp"]), tuple(gone["mlp"]),
-                         flap and bool(gone["attn"] or gone["mlp"]), i in refit, removed["attn"], removed["mlp"],
-                         notes) for i, (kept, gone, removed, notes) in enumerate(cuts)]
+        kept = {sub: tuple(ids[(i, sub)]) if not removed_whole.get((i, sub)) else () for sub in ("attn", "mlp")}
+        note = tuple(f"{sub}: kept 1 {'head' if sub == 'attn' else 'channel'}; a post-LN block cannot drop a "
+                     "sublayer (its LayerNorm is inside the residual)"
+                     for sub in ("attn", "mlp") if config.prune_layers and not b.pre_norm and len(kept[sub]) == 1)
+        layers.append(LayerPrune(i, kept["attn"], tuple(sorted(gone[(i, "attn")])), kept["mlp"],
+                                 tuple(sorted(gone[(i, "mlp")])), i in compensated, i in refit,
+                                 removed_whole.get((i, "attn"), False), removed_whole.get((i, "mlp"), False), note))
     return PruneResult(new, config, params_before, _params([new]), prunable_before, prunable(), layers)

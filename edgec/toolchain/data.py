@@ -28,6 +28,7 @@ class Feeds:
     calib_source: str
     eval_source: str
     bench: dict[str, Feed] = field(default_factory=dict)  # named latency inputs
+    prune_calib: list[Feed] = field(default_factory=list)  # more samples of the same source, for pruning
 
     @property
     def example(self) -> Feed:
@@ -39,10 +40,16 @@ def _rows(batch: dict[str, np.ndarray]) -> list[Feed]:
     return [{k: v[i:i + 1] for k, v in batch.items()} for i in range(n)]
 
 
+def _pool_size(recipe: Recipe) -> int:
+    pruning = recipe.prune is not None and recipe.prune.ratio > 0
+    return max(recipe.calib_samples, recipe.prune_calib_samples if pruning else 0)
+
+
 def _text_feeds(model: LoadedModel, calib: Path | None, recipe: Recipe) -> Feeds:
-    texts = calibration_texts(calib, recipe.calib_samples)
-    if not texts:
+    pool = calibration_texts(calib, _pool_size(recipe))
+    if not pool:
         raise InputError(f"calibration file {calib} holds no samples: give at least one, one per line")
+    texts = pool[:recipe.calib_samples]
     held = builtin_sentences("heldout")[:recipe.eval_samples]
     enc = lambda t: _rows(encode(model.tokenizer, t, recipe.seq_len))
     calib_rows, eval_rows = enc(texts), enc(held)
@@ -55,16 +62,16 @@ def _text_feeds(model: LoadedModel, calib: Path | None, recipe: Recipe) -> Feeds
                  f"{len(texts)} sentences from {calib or 'the built-in calibration set'}",
                  f"{len(held)} built-in held-out sentences",
                  {f"typical ({int(typical['attention_mask'].sum())} tokens)": typical,
-                  f"full ({recipe.seq_len} tokens)": full})
+                  f"full ({recipe.seq_len} tokens)": full}, enc(pool))
 
 
 def _image_feeds(model: LoadedModel, calib: Path | None, recipe: Recipe) -> Feeds:
-    images = calibration_images(calib, recipe.calib_samples, model.preprocess_file)
+    images = calibration_images(calib, _pool_size(recipe), model.preprocess_file)
     labels, eval_source = None, ""
     if model.name == "vit-digits" and model.zoo:
         from edgec.calibration.digits import load_digits_split
         if images is None:
-            images = load_digits_split("calib")[0][:recipe.calib_samples]
+            images = load_digits_split("calib")[0][:_pool_size(recipe)]
         held, labels = load_digits_split("test")
         eval_source = f"{len(held)} digits test-split images (labelled)"
     elif images is None:
@@ -72,11 +79,11 @@ def _image_feeds(model: LoadedModel, calib: Path | None, recipe: Recipe) -> Feed
     else:
         held = images  # no labelled held-out set: agreement with float on these images
         eval_source = f"{len(held)} calibration images (no held-out set given): agreement with float"
-    calib_rows = _rows({"pixel_values": images.astype(np.float32)})
-    eval_rows = _rows({"pixel_values": held.astype(np.float32)})
+    pool = _rows({"pixel_values": images.astype(np.float32)})
+    calib_rows, eval_rows = pool[:recipe.calib_samples], _rows({"pixel_values": held.astype(np.float32)})
     return Feeds(calib_rows, eval_rows, labels,
                  f"{len(calib_rows)} images from {calib or 'the built-in calibration split'}",
-                 eval_source, {"one image": eval_rows[0]})
+                 eval_source, {"one image": eval_rows[0]}, pool)
 
 
 def build_feeds(model: LoadedModel, calib: Path | None, recipe: Recipe) -> Feeds:

@@ -68,6 +68,19 @@ def torch_inputs(feed: Feed) -> tuple[torch.Tensor, ...]:
     return tuple(torch.from_numpy(v) for v in feed.values())
 
 
+def torch_batches(feeds: list[Feed], size: int = 8) -> list[tuple[torch.Tensor, ...]]:
+    """Feeds stacked `size` at a time; a batch with an attention mask is cut after its longest real
+    row (right padding, so real rows are unchanged) and a pass computes nothing on padding."""
+    out = []
+    for start in range(0, len(feeds), size):
+        batch = {k: np.concatenate([f[k] for f in feeds[start:start + size]]) for k in feeds[0]}
+        if "attention_mask" in batch:
+            width = max(int(batch["attention_mask"].sum(1).max()), 1)
+            batch = {k: v[:, :width] for k, v in batch.items()}
+        out.append(tuple(torch.from_numpy(v) for v in batch.values()))
+    return out
+
+
 class Export:
     """One export run: compress, build the target, measure against float (and quantized-only)."""
 
@@ -111,10 +124,12 @@ class Export:
 
     def _compress(self, module: torch.nn.Module) -> torch.nn.Module:
         """Structured pruning, then static token dropping: each a torch-level pass."""
-        calib = [torch_inputs(f) for f in self.feeds.calib]
         if self.recipe.prune is not None and self.recipe.prune.ratio > 0:
             from edgec.passes.prune import prune
-            with self.progress.step(f"prune {self.recipe.prune.ratio:.0%} ({self.recipe.prune.method})"):
+            calib = torch_batches(self.feeds.prune_calib or self.feeds.calib)
+            n = len(self.feeds.prune_calib or self.feeds.calib)
+            with self.progress.step(f"prune {self.recipe.prune.ratio:.0%} ({self.recipe.prune.method}, "
+                                    f"{n} calibration samples)"):
                 result = prune(module, calib, self.recipe.prune)
             module = result.module
             self.report["pruning"] = {**self.recipe.prune.to_dict(), **result.to_dict()}

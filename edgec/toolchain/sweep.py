@@ -80,7 +80,9 @@ def sweep(source: str, target: str, out: Path, ratios: list[float], budgets: lis
           calib: Path | None = None, recipe: Recipe = Recipe(), method: str = "flap",
           progress: Progress | None = None) -> list[dict]:
     progress = progress or Progress(quiet=True)
-    prepared: Prepared = prepare(source, target, calib, recipe, progress)
+    # one set of feeds for every point, with pruning's larger calibration pool if any point prunes
+    pool = replace(recipe, prune=PruneConfig(ratio=max(ratios), method=method)) if max(ratios) > 0 else recipe
+    prepared: Prepared = prepare(source, target, calib, pool, progress)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))

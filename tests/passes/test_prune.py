@@ -130,13 +130,14 @@ def _constant_head(model, layer: int, head: int, scale: float = 10.0) -> None:
         attn.o.weight[:, rows] *= scale  # and the largest weights of all heads
 
 
-@pytest.mark.parametrize("allocation", ["per_param", "standardised"])
-def test_flap_drops_a_heavy_constant_head_that_magnitude_keeps(allocation):
+@pytest.mark.parametrize("allocation,score", [("per_param", "output"), ("per_param", "local"),
+                                              ("standardised", "local")])
+def test_flap_drops_a_heavy_constant_head_that_magnitude_keeps(allocation, score):
     vit = tiny_vit()
     _constant_head(vit, layer=0, head=2)
     calib, held_out = vit_inputs(4, 0), vit_inputs(2, 1)
     ratio = HEAD_COST / prunable(vit)  # one head's worth
-    flap = prune(vit, calib, PruneConfig(ratio=ratio, allocation=allocation))
+    flap = prune(vit, calib, PruneConfig(ratio=ratio, allocation=allocation, score=score))
     mag = prune(vit, calib, PruneConfig(ratio=ratio, method="magnitude", allocation=allocation))
     assert flap.layers[0].heads_removed == (2,) and not flap.layers[1].heads_removed
     assert 2 not in mag.layers[0].heads_removed
@@ -152,7 +153,7 @@ def test_bias_compensation_restores_the_mean_of_pruned_channels():
         vit.layers[1].fc1.weight[planted] *= 0.01
         vit.layers[1].fc1.bias[planted] = 4.0
     calib, held_out = vit_inputs(4, 0), vit_inputs(2, 1)
-    res = prune(vit, calib, PruneConfig(ratio=16 * CHANNEL_COST / prunable(vit), refit=False))
+    res = prune(vit, calib, PruneConfig(ratio=16 * CHANNEL_COST / prunable(vit), refit=False, score="local"))
     assert set(res.layers[1].channels_removed) == set(planted)
     assert res.layers[1].bias_compensated
     uncompensated = copy.deepcopy(res.module)
@@ -164,8 +165,8 @@ def test_bias_compensation_restores_the_mean_of_pruned_channels():
 
 def test_refit_reduces_the_error_of_the_same_pruning():
     vit, calib, held_out = tiny_vit(), vit_inputs(8, 0), vit_inputs(4, 1)
-    plain = prune(vit, calib, PruneConfig(ratio=0.5, refit=False))
-    refit = prune(vit, calib, PruneConfig(ratio=0.5, refit=True))
+    plain = prune(vit, calib, PruneConfig(ratio=0.5, refit=False, steps=1))  # one step: the same choice
+    refit = prune(vit, calib, PruneConfig(ratio=0.5, refit=True, steps=1))
     assert [l.channels_removed for l in refit.layers] == [l.channels_removed for l in plain.layers]
     assert max_error(vit, refit.module, held_out) < 0.8 * max_error(vit, plain.module, held_out)
 
