@@ -21,6 +21,8 @@ import contextlib
 from pathlib import Path
 
 import torch
+from executorch.backends.xnnpack.partition.config import ALL_PARTITIONER_CONFIGS
+from executorch.backends.xnnpack.partition.config.generic_node_configs import PermuteConfig, SliceCopyConfig
 from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
 from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
     XNNPACKQuantizer, get_symmetric_quantization_config)
@@ -61,18 +63,34 @@ def export_pte(module: torch.nn.Module, example_inputs: Inputs, out_path: Path,
                     with _int8_embeddings(module, tables):
                         program = _export(module, example_inputs)
                 program = _quantize(program, example_inputs, calib_inputs or [example_inputs])
-        try:
-            lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-        except (AssertionError, RuntimeError) as e:  # the partitioner's own invariant checks
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ExportError(f"ExecuTorch's XNNPACK partitioner cannot lower {type(module).__name__} "
-                              f"({first}); export this model without the pass that added the "
-                              "data-dependent gather (e.g. --token-budget on text) for the .pte") from e
+        lowered = _lower(program, type(module).__name__)
         program_bytes = lowered.to_executorch()
         write_atomic(out_path, lambda tmp: _write(program_bytes, tmp))
     finally:
         module.train(was_training)
     return Artifact(out_path, "pte", "executorch")
+
+
+def _lower(program: torch.export.ExportedProgram, name: str) -> ExecutorchProgramManager:
+    """XNNPACK lowering. A graph with a data-dependent Gather between blocks (text token dropping)
+    can make the partitioner merge unrelated layout ops (the next block's q/k permutes, a slice)
+    across the Gather into one partition with a dependency cycle; then those two op kinds stay on
+    the portable kernels, which costs a few copies and leaves every GEMM delegated."""
+    try:
+        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+    except AssertionError as e:
+        if "dependency cycles" not in str(e):
+            raise ExportError(f"ExecuTorch's XNNPACK partitioner cannot lower {name} ({_first_line(e)})") from e
+    configs = [c for c in ALL_PARTITIONER_CONFIGS if c not in (PermuteConfig, SliceCopyConfig)]
+    try:
+        return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner(configs=configs)])
+    except (AssertionError, RuntimeError) as e:  # the partitioner's own invariant checks
+        raise ExportError(f"ExecuTorch's XNNPACK partitioner cannot lower {name} ({_first_line(e)}); "
+                          "export it without the pass that added the data-dependent gather for the .pte") from e
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _export(module: torch.nn.Module, inputs: Inputs) -> torch.export.ExportedProgram:

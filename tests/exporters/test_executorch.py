@@ -207,3 +207,22 @@ def test_untraceable_module_raises_export_error(tmp_path):
 def test_empty_calibration_set_raises(tmp_path):
     with pytest.raises(ExportError, match="calib_inputs is empty"):
         export_pte(torch.nn.Linear(4, 4), (torch.randn(1, 4),), tmp_path / "m.pte", calib_inputs=[])
+
+
+def test_text_token_budget_lowers_and_matches_eager(tmp_path):
+    """A data-dependent Gather between post-LN blocks once made XNNPACK's partition cyclic."""
+    from edgec.models.encoder import TextEncoder
+    from edgec.passes.token_budget import TokenBudgetConfig, apply_token_budget
+
+    torch.manual_seed(0)
+    enc = TextEncoder(vocab=100, max_pos=32, type_vocab=2, hidden=32, act="gelu", eps=1e-12,
+                      layers=[{"heads": 4, "head_dim": 8, "intermediate": 64}] * 3).eval()
+    model = apply_token_budget(enc, TokenBudgetConfig(budget=0.5, layer=1), 16).module
+    ids = torch.randint(1, 100, (1, 16))
+    mask = (torch.arange(16) < 11).to(torch.int64)[None]
+    art = export_pte(model, (ids, mask), tmp_path / "tb.pte")
+    hidden, kept = load(art.path).run([ids, mask])
+    ref_hidden, ref_kept = model(ids, mask)
+    np.testing.assert_array_equal(kept, ref_kept.numpy())
+    rows = ref_kept.numpy()[0] > 0
+    assert _cosine(hidden[0, rows].ravel(), ref_hidden.detach().numpy()[0, rows].ravel()) > 0.99
