@@ -81,8 +81,10 @@ class PruneConfig:
     method: str = "flap"  # "flap" (fluctuation, bias compensation) or "magnitude" (weight norms only)
     prune_layers: bool = False  # let a pre-LN block lose a whole attention or MLP sublayer
     allocation: str = "per_param"  # global ranking: "per_param" or the paper's "standardised"
-    refit: bool | None = None  # least-squares refit of the kept o/fc2 weights; None: on for flap encoders
-    score: str = "output"  # flap: fluctuation seen at the model output ("output") or at the layer ("local")
+    refit: bool | None = None  # least-squares refit of the kept linear layers; None: on for flap encoders
+    # flap on encoders (a Llama decoder is scored locally, in one step): fluctuation seen at the
+    # model output ("output") or at the layer ("local", the paper's)
+    score: str = "output"
     steps: int = 3  # flap: reach the ratio in this many equal steps, re-scoring the model each one leaves
 
     def __post_init__(self):
