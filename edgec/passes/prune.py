@@ -196,14 +196,19 @@ def _halt(_module, _args):
     raise _Stop
 
 
+def _mask_getter(module: nn.Module):
+    """inputs -> the forward argument named `attention_mask` (real tokens), or None."""
+    names = list(inspect.signature(module.forward).parameters)
+    where = names.index("attention_mask") if "attention_mask" in names else None
+    return lambda inputs: inputs[where] if where is not None and len(inputs) > where else None
+
+
 @torch.no_grad()
 def _record(module: nn.Module, calib_inputs, taps: dict, sink, stop: nn.Module | None = None) -> None:
     """Run the calibration inputs and hand `sink(key, x)` each tap's input ("in") or output ("out")
     as [real tokens, channels]; a forward argument named `attention_mask` marks the real tokens.
     With `stop`, each forward ends where `stop` would run."""
-    names = list(inspect.signature(module.forward).parameters)
-    where = names.index("attention_mask") if "attention_mask" in names else None
-    state = {}
+    mask_of, state = _mask_getter(module), {}
 
     def select(x):
         mask = state["mask"]
@@ -220,7 +225,7 @@ def _record(module: nn.Module, calib_inputs, taps: dict, sink, stop: nn.Module |
         handles.append(stop.register_forward_pre_hook(_halt))
     try:
         for inputs in calib_inputs:
-            state["mask"] = inputs[where] if where is not None and len(inputs) > where else None
+            state["mask"] = mask_of(inputs)
             try:
                 module(*inputs)
             except _Stop:
@@ -256,14 +261,9 @@ def _output_scores(module: nn.Module, blocks: list[Block], calib_inputs, means: 
     (what bias compensation leaves), to first order: sum over samples of ||J_j||^2, with
     J_j = d output / d m_j for x_j' = mean_j + m_j (x_j - mean_j). One backward per batch of a
     random projection r . output (E[(r . J)^2] = ||J||^2) gives every sample's J at once."""
-    names = list(inspect.signature(module.forward).parameters)
-    where = names.index("attention_mask") if "attention_mask" in names else None
-    taps, seen = {}, {}
-    for i, b in enumerate(blocks):
-        for sub, lin in _sublayers(b).items():
-            taps[(i, sub)] = lin
-    hooks = [lin.register_forward_pre_hook(lambda _m, args, key=key: seen.__setitem__(key, args[0]))
-             for key, lin in taps.items()]
+    mask_of, seen = _mask_getter(module), {}
+    hooks = [lin.register_forward_pre_hook(lambda _m, args, key=(i, sub): seen.__setitem__(key, args[0]))
+             for i, b in enumerate(blocks) for sub, lin in _sublayers(b).items()]
     gen, fisher = torch.Generator().manual_seed(0), {}
     try:
         for inputs in calib_inputs:
@@ -271,7 +271,7 @@ def _output_scores(module: nn.Module, blocks: list[Block], calib_inputs, means: 
             with torch.enable_grad():
                 out = module(*inputs)
                 out = out[0] if isinstance(out, tuple) else out
-                mask = inputs[where] if where is not None and len(inputs) > where else None
+                mask = mask_of(inputs)
                 weight = mask[..., None].to(out.dtype) if mask is not None and mask.shape == out.shape[:-1] else 1.0
                 r = torch.randn(out.shape, generator=gen, dtype=out.dtype)
                 grads = torch.autograd.grad((out * r * weight).sum(), list(seen.values()), allow_unused=True)
@@ -370,6 +370,13 @@ def _input_taps(block: Block) -> dict[str, tuple[nn.Module, str]]:
     return taps
 
 
+def _inputs(module: nn.Module, calib_inputs, taps: dict, lin: nn.Module) -> dict[str, torch.Tensor]:
+    """Each tap over the calibration tokens (float64), running each forward only up to `lin`."""
+    got: dict = {}
+    _record(module, calib_inputs, taps, lambda k, x: got.setdefault(k, []).append(x.double()), stop=lin)
+    return {k: torch.cat(v) for k, v in got.items()}
+
+
 @torch.no_grad()
 def _refit(module: nn.Module, blocks: list[Block], calib_inputs, seen: dict, rows: dict) -> list[int]:
     """Refit every remaining linear layer, in forward order, against `seen`, the unpruned model's
@@ -377,30 +384,22 @@ def _refit(module: nn.Module, blocks: list[Block], calib_inputs, seen: dict, row
     fc2 so that residual + sublayer output matches."""
     refit = []
     for i, b in enumerate(blocks):
-        inner = _input_taps(b)
-        order = [("attn", [b.attn.q, b.attn.k, b.attn.v] if "q" in inner else []), ("attn", None),
-                 ("mlp", [b.fc1] if "fc1" in inner else []), ("mlp", None)]
-        for sub, lins in order:
-            if lins is None:  # o or fc2
-                lin = _sublayers(b).get(sub)
-                if lin is None:
-                    continue
-                got: dict = {}
-                _record(module, calib_inputs, {"x": (lin, "in"), "res": _residual_taps(b)[sub]},
-                        lambda k, x: got.setdefault(k, []).append(x.double()), stop=lin)
-                res = torch.cat(got["res"])
-                target = torch.cat(seen[(i, sub, "out")]).double() + torch.cat(seen[(i, sub, "res")]).double() - res
-                _fit(lin, torch.cat(got["x"]), target)
-            elif lins:
-                got = {}
-                _record(module, calib_inputs, {"x": (lins[0], "in")},
-                        lambda k, x: got.setdefault(k, []).append(x.double()), stop=lins[0])
-                x = torch.cat(got["x"])
-                names = ("q", "k", "v") if sub == "attn" else ("fc1",)
-                for name, lin in zip(names, lins):
+        inner, fitted = _input_taps(b), False
+        for sub, names in (("attn", ("q", "k", "v")), ("mlp", ("fc1",))):
+            lins = [(n, inner[n][0]) for n in names if n in inner]
+            if lins:
+                x = _inputs(module, calib_inputs, {"x": (lins[0][1], "in")}, lins[0][1])["x"]
+                for name, lin in lins:
                     _fit(lin, x, torch.cat(seen[(i, name)]).double()[:, rows[(i, sub)]])
-            if i not in refit:
-                refit.append(i)
+                fitted = True
+            lin = _sublayers(b).get(sub)  # o or fc2
+            if lin is not None:
+                got = _inputs(module, calib_inputs, {"x": (lin, "in"), "res": _residual_taps(b)[sub]}, lin)
+                target = torch.cat(seen[(i, sub, "out")]).double() + torch.cat(seen[(i, sub, "res")]).double()
+                _fit(lin, got["x"], target - got["res"])
+                fitted = True
+        if fitted:
+            refit.append(i)
     return refit
 
 
@@ -499,7 +498,7 @@ def prune(module: nn.Module, calib_inputs: list[tuple[torch.Tensor, ...]], confi
     ids = {(i, sub): list(range(n)) for i, b in enumerate(blocks)
            for sub, n in (("attn", b.attn.heads), ("mlp", b.fc1.out_features))}
     gone = {key: [] for key in ids}
-    removed_whole, notes, refit, compensated = {}, {}, set(), set()
+    removed_whole, refit, compensated = {}, set(), set()
     steps = 0 if config.ratio == 0 else config.steps if flap else 1  # magnitude: nothing to re-score
     for step in range(1, steps + 1):
         stats = _moments(new, blocks, calib_inputs) if flap else {}
@@ -524,9 +523,9 @@ def prune(module: nn.Module, calib_inputs: list[tuple[torch.Tensor, ...]], confi
             if flap:
                 compensated.add(i)
         if config.refits:
-            d = head_dim
-            rows = {(i, sub): torch.tensor([h * d[i] + t for h in kept for t in range(d[i])] if sub == "attn"
-                                           else kept, dtype=torch.long) for (i, sub), kept in ids.items()}
+            rows = {(i, sub): torch.tensor([h * head_dim[i] + t for h in kept for t in range(head_dim[i])]
+                                           if sub == "attn" else kept, dtype=torch.long)
+                    for (i, sub), kept in ids.items()}
             refit |= set(_refit(new, blocks, calib_inputs, seen, rows))
     layers = []
     for i, b in enumerate(blocks):

@@ -66,12 +66,13 @@ def _text_feeds(model: LoadedModel, calib: Path | None, recipe: Recipe) -> Feeds
 
 
 def _image_feeds(model: LoadedModel, calib: Path | None, recipe: Recipe) -> Feeds:
-    images = calibration_images(calib, _pool_size(recipe), model.preprocess_file)
+    n_pool = _pool_size(recipe)
+    images = calibration_images(calib, n_pool, model.preprocess_file)
     labels, eval_source = None, ""
     if model.name == "vit-digits" and model.zoo:
         from edgec.calibration.digits import load_digits_split
         if images is None:
-            images = load_digits_split("calib")[0][:_pool_size(recipe)]
+            images = load_digits_split("calib")[0][:n_pool]
         held, labels = load_digits_split("test")
         eval_source = f"{len(held)} digits test-split images (labelled)"
     elif images is None:

@@ -126,11 +126,10 @@ class Export:
         """Structured pruning, then static token dropping: each a torch-level pass."""
         if self.recipe.prune is not None and self.recipe.prune.ratio > 0:
             from edgec.passes.prune import prune
-            calib = torch_batches(self.feeds.prune_calib or self.feeds.calib)
-            n = len(self.feeds.prune_calib or self.feeds.calib)
+            feeds = self.feeds.prune_calib or self.feeds.calib
             with self.progress.step(f"prune {self.recipe.prune.ratio:.0%} ({self.recipe.prune.method}, "
-                                    f"{n} calibration samples)"):
-                result = prune(module, calib, self.recipe.prune)
+                                    f"{len(feeds)} calibration samples)"):
+                result = prune(module, torch_batches(feeds), self.recipe.prune)
             module = result.module
             self.report["pruning"] = {**self.recipe.prune.to_dict(), **result.to_dict()}
         if self.recipe.token_budget is not None:
