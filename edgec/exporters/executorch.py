@@ -78,7 +78,7 @@ def _lower(program: torch.export.ExportedProgram, name: str) -> ExecutorchProgra
     the portable kernels, which costs a few copies and leaves every GEMM delegated."""
     try:
         return to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
-    except AssertionError as e:
+    except (AssertionError, RuntimeError) as e:  # the partitioner's own invariant checks
         if "dependency cycles" not in str(e):
             raise ExportError(f"ExecuTorch's XNNPACK partitioner cannot lower {name} ({_first_line(e)})") from e
     configs = [c for c in ALL_PARTITIONER_CONFIGS if c not in (PermuteConfig, SliceCopyConfig)]
