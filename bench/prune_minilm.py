@@ -107,9 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     for (ratio, label), (c, removed) in cos_at.items():
         if ratio == r and label.startswith("flap"):
             ok = c >= BAR["cosine"] and removed >= BAR["encoder_removed"] and c > mag
+            verdict = ("met" if ok else "MISSED") if mag == mag else "magnitude not run, not compared"
             print(f"bar at ratio {r:g} ({label}): cosine {c:.4f} (>= {BAR['cosine']}), encoder removed "
                   f"{100 * removed:.1f}% (>= {100 * BAR['encoder_removed']:.0f}%), best magnitude {mag:.4f}: "
-                  f"{'met' if ok else 'MISSED'}")
+                  f"{verdict}")
     print(f"total {time.perf_counter() - start:.0f}s")
 
 
