@@ -82,6 +82,39 @@ def _base_prefix(state: dict, spec: dict) -> str:
                                 "it differs from the standard architecture")
 
 
+def _name_map(spec: dict, state: dict, n_layers: int, prefix: str = "") -> dict[str, str]:
+    """Canonical parameter name -> the HF state-dict key that holds it (keys present in `state`)."""
+    pairs = [(f"{ours}.{suffix}", f"{theirs}.{suffix}")
+             for ours, theirs in {**spec["top"], **spec.get("head", {})}.items() for suffix in ("weight", "bias")]
+    pairs += list(spec.get("params", {}).items())
+    for i in range(n_layers):
+        p = spec["layers"].format(i=i)
+        pairs += [(f"layers.{i}.{ours}.{suffix}", f"{p}{theirs}.{suffix}")
+                  for ours, theirs in spec["layer"].items() for suffix in ("weight", "bias")]
+    head_names = set(spec.get("head", {}).values())
+    full = {ours: theirs if theirs.split(".")[0] in head_names else prefix + theirs for ours, theirs in pairs}
+    return {ours: theirs for ours, theirs in full.items() if theirs in state}
+
+
+@torch.no_grad()
+def load_into_hf(module: nn.Module, model: nn.Module) -> None:
+    """Write a canonical encoder's weights back into the HF model it was built from (same shapes).
+
+    The inverse of `from_hf`: lets a model be trained or edited in canonical form
+    and still ship as a standard Hugging Face directory.
+    """
+    spec = family(model.config)
+    state = model.state_dict()
+    prefix = _base_prefix(state, spec)
+    ours = module.state_dict()
+    names = _name_map(spec, state, len(module.layers), prefix)
+    lost = [n for n, v in ours.items() if n not in names and v.abs().max() > 0]
+    if lost:  # e.g. token-type embeddings or biases the HF family does not have
+        raise ValueError(f"the HF model has no place for {lost[:3]}: they must stay zero")
+    for name, key in names.items():
+        state[key].copy_(ours[name].to(state[key].dtype))
+
+
 def from_hf(model: nn.Module) -> nn.Module:
     """Canonical encoder with the HF model's weights (eval mode, float32)."""
     config = model.config
@@ -109,20 +142,11 @@ def from_hf(model: nn.Module) -> nn.Module:
         module = VisionEncoder(
             channels=config.num_channels, patch=config.patch_size, image_size=config.image_size,
             hidden=hidden, layers=layers, act=act, eps=eps, num_labels=config.num_labels)
-    mapped = {}
-    for ours, theirs in {**spec["top"], **spec.get("head", {})}.items():
-        for suffix in ("weight", "bias"):
-            if f"{theirs}.{suffix}" in state:
-                mapped[f"{ours}.{suffix}"] = state[f"{theirs}.{suffix}"]
-    for ours, theirs in spec.get("params", {}).items():
-        mapped[ours] = state[theirs]
-    for i in range(len(layers)):
-        p = spec["layers"].format(i=i)
-        for ours, theirs in spec["layer"].items():
-            mapped[f"layers.{i}.{ours}.weight"] = state[f"{p}{theirs}.weight"]
-            bias = state.get(f"{p}{theirs}.bias")  # e.g. ViT with qkv_bias=False
-            mapped[f"layers.{i}.{ours}.bias"] = bias if bias is not None else torch.zeros(
-                mapped[f"layers.{i}.{ours}.weight"].shape[0])
+    names = _name_map(spec, state, len(layers))
+    mapped = {ours: state[theirs] for ours, theirs in names.items()}
+    for name in module.state_dict():  # biases the family leaves out (e.g. ViT with qkv_bias=False)
+        if name.startswith("layers.") and name.endswith(".bias") and name not in mapped:
+            mapped[name] = torch.zeros(mapped[name[:-len("bias")] + "weight"].shape[0])
     if spec["kind"] == "text" and "segment.weight" not in mapped:  # families without token types
         mapped["segment.weight"] = torch.zeros_like(module.segment.weight)
     missing, unexpected = module.load_state_dict(mapped, strict=False)

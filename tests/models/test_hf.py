@@ -164,3 +164,28 @@ def test_vision_encoder_batch_of_three_equals_three_batches_of_one():
         single = torch.cat([module(pixels[i:i + 1]) for i in range(3)])
     assert batched.shape == (3, 5)
     torch.testing.assert_close(batched, single, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["bert", "distilbert", "vit"])
+def test_load_into_hf_writes_edited_canonical_weights_back(name):
+    from edgec.models.hf import load_into_hf
+
+    if name == "vit":
+        hf = _seeded(transformers.ViTForImageClassification, transformers.ViTConfig(**VIT))
+        inputs = {"pixel_values": torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))}
+    else:
+        hf = TEXT_MODELS[name]()
+        inputs = _text_inputs(hf.config.pad_token_id or 0)
+    ours = from_hf(hf)
+    with torch.no_grad():
+        for pname, p in ours.named_parameters():
+            if not (name == "distilbert" and pname == "segment.weight"):  # a family without token types
+                p.add_(0.05 * torch.randn_like(p))
+    assert check_equivalent(hf, ours, inputs) > 1e-3  # the edit shows before it is written back
+    load_into_hf(ours, hf)
+    assert check_equivalent(hf, ours, inputs) < TOL
+    if name == "distilbert":  # no token-type embeddings to write a trained one into
+        with torch.no_grad():
+            ours.segment.weight.add_(1.0)
+        with pytest.raises(ValueError, match="no place for"):
+            load_into_hf(ours, hf)
