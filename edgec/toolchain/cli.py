@@ -53,10 +53,11 @@ def cli() -> None:
 @click.option("--prune-method", type=click.Choice(["flap", "magnitude"]), default=None,
               help="Pruning criterion [default: flap].")
 @click.option("--token-budget", help="Tokens kept after an early layer: a fraction (0.5) or a count (8).")
+@click.option("--token-layer", type=int, help="The layer whose attention picks the kept tokens [default: 0].")
 @click.option("--recipe", type=click.Path(path_type=Path), help="Recipe file (JSON or YAML).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def export(model, target, out, calib, calib_samples, seq_len, prune_ratio, prune_method, token_budget,
-           recipe, quiet) -> None:
+           token_layer, recipe, quiet) -> None:
     """Export MODEL (a zoo name or a Hugging Face directory) for --target."""
     import torch  # noqa: F401  (torch resets its loggers on import; quiet them after)
 
@@ -69,7 +70,7 @@ def export(model, target, out, calib, calib_samples, seq_len, prune_ratio, prune
         r = load_recipe(recipe)
         r = r.with_overrides(calib_samples=calib_samples, seq_len=seq_len,
                              prune=_prune_config(r, prune_ratio, prune_method),
-                             token_budget=_budget_config(r, token_budget))
+                             token_budget=_budget_config(r, token_budget, token_layer))
     except ValueError as e:
         _fail(f"{e}: fix the option value")
     progress = Progress(quiet)
@@ -92,18 +93,20 @@ def _prune_config(recipe, ratio: float | None, method: str | None):
                           **({"method": method} if method else {})})
 
 
-def _budget_config(recipe, budget: str | None):
+def _budget_config(recipe, budget: str | None, layer: int | None = None):
     """"0.5" is a fraction of the tokens, "8" a count."""
     from edgec.passes.token_budget import TokenBudgetConfig
 
     if budget is None:
+        if layer is not None:
+            raise ValueError("--token-layer needs --token-budget")
         return None
     try:
         value = int(budget) if budget.isdigit() else float(budget)
     except ValueError:
         raise ValueError(f"--token-budget {budget!r} is neither a fraction nor a count") from None
     base = recipe.token_budget.to_dict() if recipe.token_budget else {}
-    return TokenBudgetConfig(**{**base, "budget": value})
+    return TokenBudgetConfig(**{**base, "budget": value, **({"layer": layer} if layer is not None else {})})
 
 
 @cli.command()
@@ -114,11 +117,12 @@ def _budget_config(recipe, budget: str | None):
               help="Comma-separated pruning ratios.")
 @click.option("--token-budget", "budgets", default="1.0,0.75,0.5,0.25", show_default=True,
               help="Comma-separated token budgets (fractions).")
+@click.option("--token-layer", type=int, help="The layer whose attention picks the kept tokens [default: 0].")
 @click.option("--prune-method", type=click.Choice(["flap", "magnitude"]), default="flap", show_default=True)
 @click.option("--calib", type=click.Path(path_type=Path), help="Calibration data, as for export.")
 @click.option("--recipe", type=click.Path(path_type=Path), help="Recipe file (JSON or YAML).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
-def sweep(model, target, out, ratios, budgets, prune_method, calib, recipe, quiet) -> None:
+def sweep(model, target, out, ratios, budgets, token_layer, prune_method, calib, recipe, quiet) -> None:
     """Export MODEL at every pruning ratio x token budget and plot the trade-offs."""
     import torch  # noqa: F401  (torch resets its loggers on import; quiet them after)
 
@@ -132,8 +136,16 @@ def sweep(model, target, out, ratios, budgets, prune_method, calib, recipe, quie
         grid_b = [float(x) for x in budgets.split(",")]
     except ValueError:
         _fail("--prune and --token-budget take comma-separated numbers, e.g. 0,0.2 and 1.0,0.5")
-    points = run_sweep(model, target, out, grid_r, grid_b, calib, load_recipe(recipe), prune_method,
-                       Progress(quiet))
+    r = load_recipe(recipe)
+    if token_layer is not None:  # the budget itself varies per point
+        from edgec.passes.token_budget import TokenBudgetConfig
+
+        base = r.token_budget.to_dict() if r.token_budget else {"budget": 1.0}
+        try:
+            r = r.with_overrides(token_budget=TokenBudgetConfig(**{**base, "layer": token_layer}))
+        except ValueError as e:
+            _fail(f"{e}: fix the option value")
+    points = run_sweep(model, target, out, grid_r, grid_b, calib, r, prune_method, Progress(quiet))
     if not quiet:
         for p in points:
             click.echo(f"prune {p['prune']:<4g} budget {p['token_budget']:<5g} accuracy {p['accuracy']:.4f} "

@@ -97,8 +97,9 @@ def _load_hf(path: Path, kind: str):
 def _image_preprocess(path: Path, config) -> Callable[[Path], np.ndarray]:
     if (path / "preprocessor.json").is_file():  # edgec's own zoo format
         spec = json.loads((path / "preprocessor.json").read_text())
-        if spec.get("image_size") == 8 and spec.get("num_channels") == 1:
-            from edgec.calibration.digits import preprocess_image_file
+        from edgec.calibration.digits import SIZE, preprocess_image_file
+
+        if spec.get("image_size") == SIZE and spec.get("num_channels") == 1:
             return preprocess_image_file
     from transformers import AutoImageProcessor
 

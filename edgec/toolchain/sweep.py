@@ -88,11 +88,14 @@ def sweep(source: str, target: str, out: Path, ratios: list[float], budgets: lis
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         points = []
+        # the recipe's other pruning and token-budget settings hold at every point
+        prune_base = recipe.prune.to_dict() if recipe.prune else {}
+        budget_base = recipe.token_budget.to_dict() if recipe.token_budget else {}
         for ratio in ratios:
             for budget in budgets:
-                point = replace(recipe, compare_quantized_only=False,
-                                prune=PruneConfig(ratio=ratio, method=method) if ratio > 0 else None,
-                                token_budget=TokenBudgetConfig(budget=budget) if budget < 1 else None)
+                prune = PruneConfig(**{**prune_base, "ratio": ratio, "method": method}) if ratio > 0 else None
+                kept = TokenBudgetConfig(**{**budget_base, "budget": budget}) if budget < 1 else None
+                point = replace(recipe, compare_quantized_only=False, prune=prune, token_budget=kept)
                 progress.console.print(f"[bold]point prune {ratio:g}, token budget {budget:g}[/]") \
                     if not progress.quiet else None
                 report = export_prepared(prepared, work / "points" / f"prune{ratio:g}-budget{budget:g}",

@@ -35,7 +35,7 @@ ZOO = {e.name: e for e in [
              "the first N of 160 built-in English sentences (edgec/calibration/data/sentences_calib.txt)",
              "160 held-out English sentences (sentences_heldout.txt), pooled-embedding cosine to float"),
     ZooEntry("vit-digits", _vit_digits,
-             "ViT (4 layers, hidden 64) trained by edgec on scikit-learn digits (8x8)",
+             "ViT (6 layers, hidden 64, 256 patch tokens) trained by edgec on scikit-learn digits upsampled to 16x16",
              "the first N images of the digits 'calib' split (200 images)",
              "the digits 'test' split (400 images), top-1 accuracy"),
 ]}

@@ -7,7 +7,7 @@ from PIL import Image
 from transformers import ViTForImageClassification
 
 import edgec.zoo
-from edgec.calibration.digits import load_digits_split, preprocess, preprocess_image_file
+from edgec.calibration.digits import SIZE, load_digits_split, preprocess, preprocess_image_file
 
 ZOO_VIT = Path(edgec.zoo.__file__).parent / "vit-digits"
 SIZES = {"train": 1197, "calib": 200, "test": 400}
@@ -20,7 +20,7 @@ def _rows(x: np.ndarray) -> set[bytes]:
 @pytest.mark.parametrize("split", list(SIZES))
 def test_split_shapes_dtypes_and_range(split):
     x, y = load_digits_split(split)
-    assert x.shape == (SIZES[split], 1, 8, 8) and x.dtype == np.float32
+    assert x.shape == (SIZES[split], 1, SIZE, SIZE) and x.dtype == np.float32
     assert y.shape == (SIZES[split],) and y.dtype == np.int64
     assert x.min() == -1.0 and x.max() == 1.0
     assert set(np.unique(y)) == set(range(10))
@@ -55,7 +55,7 @@ def test_image_file_matches_array_preprocessing(tmp_path):
     raw[2:6, 3] = 255
     Image.fromarray(raw).save(tmp_path / "one.png")
     x = preprocess_image_file(tmp_path / "one.png")
-    assert x.shape == (1, 8, 8) and x.dtype == np.float32
+    assert x.shape == (1, SIZE, SIZE) and x.dtype == np.float32
     np.testing.assert_allclose(x[0], preprocess(raw / 255.0 * 16), atol=1e-6)
 
 

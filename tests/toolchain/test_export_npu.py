@@ -90,20 +90,26 @@ def test_smoothing_recipe_is_applied_and_reported(run_cli, tmp_path):
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert report["recipe"]["smooth"]["alpha"] == 0.5
-    assert len(report["smoothing"]["smoothed"]) == 4 * 3  # ln1, ln2 and V->O in each pre-LN block
+    from edgec.toolchain.zoo import ZOO
+
+    layers = json.loads((ZOO["vit-digits"].locate() / "config.json").read_text())["num_hidden_layers"]
+    assert len(report["smoothing"]["smoothed"]) == layers * 3  # ln1, ln2 and V->O in each pre-LN block
     assert report["npu"]["runs_fully"] and report["npu"]["integer_only"]
     assert report["accuracy"]["float"] - report["accuracy"]["quantized"] <= 0.05
 
 
 def test_pruning_and_token_budget_compose_with_npu_quantization(run_cli, tmp_path):
     out = tmp_path / "vit"
+    recipe = tmp_path / "r.json"
+    recipe.write_text(json.dumps(FAST))
     code, _, err = run_cli("export", "vit-digits", "--target", "npu", "-o", out, "--prune", "0.2",
-                           "--token-budget", "0.5", "-q")
+                           "--token-budget", "0.5", "--token-layer", "0", "--recipe", recipe, "-q")
     assert code == 0, err
     report = json.loads((out / "report.json").read_text())
     assert abs(report["pruning"]["removed_fraction"] - 0.2) < 0.05
     assert report["pruning"]["params_after"] < report["pruning"]["params_before"]
-    assert report["token_budget"]["kept"] == 8 and report["token_budget"]["tokens_after"] < 17
+    budget = report["token_budget"]
+    assert budget["layer"] == 0 and budget["kept"] == 128 and budget["tokens_after"] < 257
     assert report["npu"]["runs_fully"] and report["npu"]["coverage"] == 1.0 and report["npu"]["integer_only"]
     versus = report["compared_to_quantized_only"]["model.onnx@ort-cpu"]
     assert versus["bytes"] < versus["bytes_quantized_only"]
@@ -111,9 +117,12 @@ def test_pruning_and_token_budget_compose_with_npu_quantization(run_cli, tmp_pat
     assert "quantized-only model.onnx@ort-cpu" in report["latency_ms"]
 
 
-def test_bad_token_budget_is_a_clean_error(run_cli, tmp_path):
-    code, _, err = run_cli("export", "vit-digits", "-o", tmp_path / "o", "--token-budget", "lots", "-q")
-    assert code == 2 and "token-budget" in err and "Traceback" not in err
+@pytest.mark.parametrize("args, named", [(("--token-budget", "lots"), "token-budget"),
+                                         (("--token-layer", "0"), "needs --token-budget"),
+                                         (("--token-budget", "0.5", "--token-layer", "-1"), "layer")])
+def test_bad_token_budget_is_a_clean_error(run_cli, tmp_path, args, named):
+    code, _, err = run_cli("export", "vit-digits", "-o", tmp_path / "o", *args, "-q")
+    assert code == 2 and named in err and "Traceback" not in err
 
 
 def test_image_folder_calibration(run_cli, tmp_path):

@@ -16,7 +16,7 @@ def test_sweep_tiny_grid(run_cli, tmp_path):
     recipe.write_text(json.dumps({"eval_samples": 40, "bench_runs": 3, "calib_samples": 8, "htp_eval_samples": 1}))
     out = tmp_path / "sweep"
     code, stdout, err = run_cli("sweep", "vit-digits", "--target", "npu", "-o", out, "--prune", "0,0.2",
-                                "--token-budget", "1.0,0.5", "--recipe", recipe, "-q")
+                                "--token-budget", "1.0,0.5", "--token-layer", "0", "--recipe", recipe, "-q")
     assert code == 0, err
     data = json.loads((out / "sweep.json").read_text())
     grid = {(p["prune"], p["token_budget"]) for p in data["points"]}
@@ -30,3 +30,5 @@ def test_sweep_tiny_grid(run_cli, tmp_path):
     assert "accuracy_vs_latency.png" in md and "*" in md
     for name in ("prune0-budget1", "prune0.2-budget0.5"):
         assert (out / "points" / name / "model.onnx").is_file()
+    dropped = json.loads((out / "points" / "prune0.2-budget0.5" / "report.json").read_text())
+    assert dropped["token_budget"]["layer"] == 0 and dropped["token_budget"]["kept"] == 128
