@@ -134,6 +134,8 @@ class LayerPrune:
     attn_removed: bool = False  # the whole attention sublayer became a constant
     mlp_removed: bool = False
     notes: tuple[str, ...] = ()
+    params_before: int = 0  # the block's parameters
+    params_after: int = 0
 
 
 @dataclass
@@ -172,7 +174,8 @@ class PruneResult:
             attn += f" (removed {list(l.heads_removed)})" if l.heads_removed and not l.attn_removed else ""
             mlp = "MLP removed" if l.mlp_removed else f"MLP channels {len(l.channels_kept)}/{n_c} kept"
             done = [s for s, on in (("bias compensated", l.bias_compensated), ("refit", l.refit)) if on]
-            lines.append(f"layer {l.layer}: {attn}; {mlp}" + "".join(f"; {s}" for s in done))
+            lines.append(f"layer {l.layer}: {attn}; {mlp}; {l.params_before - l.params_after:,} parameters removed"
+                         + "".join(f"; {s}" for s in done))
             lines += [f"layer {l.layer}: {note}" for note in l.notes]
         return lines
 
@@ -484,6 +487,7 @@ def prune(module: nn.Module, calib_inputs: list[tuple[torch.Tensor, ...]], confi
         raise InputError("FLAP pruning needs calibration samples: give at least one, or use method='magnitude'")
     prunable = lambda: sum(_params((b.attn, b.fc1, b.fc2)) for b in blocks)
     params_before, prunable_before = _params([new]), prunable()
+    block_before = [_params([b]) for b in blocks]
     seen = {}  # with refit: the unpruned model's o/fc2 outputs and residual streams, the refit's target
     if flap and config.refits:
         taps = {}
@@ -535,5 +539,6 @@ def prune(module: nn.Module, calib_inputs: list[tuple[torch.Tensor, ...]], confi
                      for sub in ("attn", "mlp") if config.prune_layers and not b.pre_norm and len(kept[sub]) == 1)
         layers.append(LayerPrune(i, kept["attn"], tuple(sorted(gone[(i, "attn")])), kept["mlp"],
                                  tuple(sorted(gone[(i, "mlp")])), i in compensated, i in refit,
-                                 removed_whole.get((i, "attn"), False), removed_whole.get((i, "mlp"), False), note))
+                                 removed_whole.get((i, "attn"), False), removed_whole.get((i, "mlp"), False), note,
+                                 block_before[i], _params([b])))
     return PruneResult(new, config, params_before, _params([new]), prunable_before, prunable(), layers)

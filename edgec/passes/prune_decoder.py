@@ -109,6 +109,7 @@ def prune_decoder(module: Decoder, calib_inputs: list[tuple[torch.Tensor, ...]],
         raise InputError("FLAP pruning needs calibration samples: give at least one, or use method='magnitude'")
     prunable = lambda: sum(_params((b.attn, b.gate, b.up, b.down)) for b in blocks)
     params_before, prunable_before = _params([new]), prunable()
+    block_before = [_params([b]) for b in blocks]
     stats: dict = {}
     if flap:
         taps = {(i, sub): (lin, "in") for i, b in enumerate(blocks) for sub, lin in _inputs(b).items()}
@@ -127,5 +128,5 @@ def prune_decoder(module: Decoder, calib_inputs: list[tuple[torch.Tensor, ...]],
         _cut(b, kept, gone, {sub: stats[(i, sub)] for sub in SUBLAYERS} if flap else {})
         layers.append(LayerPrune(i, _query_heads(kept["attn"], g), _query_heads(gone["attn"], g),
                                  tuple(kept["mlp"]), tuple(gone["mlp"]), flap and bool(gone["attn"] or gone["mlp"]),
-                                 notes=notes))
+                                 notes=notes, params_before=block_before[i], params_after=_params([b])))
     return PruneResult(new, config, params_before, _params([new]), prunable_before, prunable(), layers)

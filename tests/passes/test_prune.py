@@ -84,8 +84,11 @@ def test_removes_the_requested_share_and_accounts_for_it(ratio, method):
     removed = sum(HEAD_COST * len(l.heads_removed) + CHANNEL_COST * len(l.channels_removed) for l in res.layers)
     assert res.prunable_before - res.prunable_after == removed == res.params_before - res.params_after
     assert res.params_after == n_params(res.module) and res.params_before == n_params(bert)
-    for l, block in zip(res.layers, res.module.layers):
+    for l, block, orig in zip(res.layers, res.module.layers, bert.layers):
         a = block.attn
+        assert l.params_before == n_params(orig) and l.params_after == n_params(block)
+        assert l.params_before - l.params_after == HEAD_COST * len(l.heads_removed) + CHANNEL_COST * len(
+            l.channels_removed)
         assert len(l.heads_kept) >= 1 and len(l.channels_kept) >= 1
         assert sorted(l.heads_kept + l.heads_removed) == list(range(HEADS))
         assert a.heads == len(l.heads_kept)

@@ -79,6 +79,7 @@ def test_removes_the_requested_share_in_whole_kv_groups(llama, method, allocatio
     removed = GROUP_COST * groups_removed + CHANNEL_COST * sum(len(l.channels_removed) for l in res.layers)
     assert res.prunable_before - res.prunable_after == removed == res.params_before - res.params_after
     assert res.params_after == n_params(res.module) and res.prunable_after == prunable(res.module)
+    assert sum(l.params_before - l.params_after for l in res.layers) == removed
     for l, block in zip(res.layers, res.module.layers):
         a = block.attn
         assert a.heads == len(l.heads_kept) >= G and a.heads % a.kv_heads == 0 and a.heads // a.kv_heads == G

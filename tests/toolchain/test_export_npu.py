@@ -115,6 +115,9 @@ def test_pruning_and_token_budget_compose_with_npu_quantization(run_cli, tmp_pat
     assert versus["bytes"] < versus["bytes_quantized_only"]
     assert set(versus) >= {"accuracy", "accuracy_quantized_only", "latency_vs_quantized_only", "latency_vs_float"}
     assert "quantized-only model.onnx@ort-cpu" in report["latency_ms"]
+    md = (out / "report.md").read_text()
+    assert "parameters removed" in md and "Token budget: 128 of 256 tokens kept after block 0" in md
+    assert all(l["params_after"] <= l["params_before"] for l in report["pruning"]["layers"])
 
 
 @pytest.mark.parametrize("args, named", [(("--token-budget", "lots"), "token-budget"),
