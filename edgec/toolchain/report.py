@@ -93,7 +93,7 @@ def _compression(r: dict) -> list[str]:
         p = r["pruning"]
         lines += [f"Structured pruning ({p['method']}, ratio {p['ratio']}): {p['params_before']:,} -> "
                   f"{p['params_after']:,} parameters ({p['removed_fraction']:.1%} of the prunable ones).", ""]
-        lines += _table(["layer", "heads kept", "heads removed", "MLP channels kept", "removed",
+        lines += _table(["layer", "heads kept", "heads removed", "MLP channels kept", "MLP channels removed",
                          "parameters", "parameters removed"],
                         [[l["layer"], len(l["heads_kept"]), len(l["heads_removed"]), len(l["channels_kept"]),
                           len(l["channels_removed"]), f"{l['params_before']:,} -> {l['params_after']:,}",
