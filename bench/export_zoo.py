@@ -47,7 +47,7 @@ def main() -> None:
     ap.add_argument("--targets", default="npu,cpu")
     ap.add_argument("--prune", type=float, help="structured pruning ratio (flap)")
     ap.add_argument("--token-budget", type=float, help="token budget, a fraction")
-    ap.add_argument("--token-layer", type=int, default=0)
+    ap.add_argument("--token-layer", type=int, help="deciding block [default: TokenBudgetConfig's]")
     args = ap.parse_args()
     _quiet_libraries()
     from edgec.passes.prune import PruneConfig
@@ -58,8 +58,8 @@ def main() -> None:
 
     recipe = Recipe().with_overrides(
         prune=None if args.prune is None else PruneConfig(ratio=args.prune),
-        token_budget=None if args.token_budget is None else TokenBudgetConfig(budget=args.token_budget,
-                                                                              layer=args.token_layer))
+        token_budget=None if args.token_budget is None else TokenBudgetConfig(
+            budget=args.token_budget, **({} if args.token_layer is None else {"layer": args.token_layer})))
 
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models.split(","):

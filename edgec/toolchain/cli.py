@@ -95,8 +95,6 @@ def _prune_config(recipe, ratio: float | None, method: str | None):
 
 def _budget_config(recipe, budget: str | None, layer: int | None = None):
     """"0.5" is a fraction of the tokens, "8" a count."""
-    from edgec.passes.token_budget import TokenBudgetConfig
-
     if budget is None:
         if layer is not None:
             raise ValueError("--token-layer needs --token-budget")
@@ -105,8 +103,15 @@ def _budget_config(recipe, budget: str | None, layer: int | None = None):
         value = int(budget) if budget.isdigit() else float(budget)
     except ValueError:
         raise ValueError(f"--token-budget {budget!r} is neither a fraction nor a count") from None
-    base = recipe.token_budget.to_dict() if recipe.token_budget else {}
-    return TokenBudgetConfig(**{**base, "budget": value, **({"layer": layer} if layer is not None else {})})
+    return _token_budget(recipe, budget=value, layer=layer)
+
+
+def _token_budget(recipe, **changes):
+    """The recipe's token-budget settings (all defaults if it has none) with the given, non-None changes."""
+    from edgec.passes.token_budget import TokenBudgetConfig
+
+    base = recipe.token_budget.to_dict() if recipe.token_budget else {"budget": 1.0}
+    return TokenBudgetConfig(**{**base, **{k: v for k, v in changes.items() if v is not None}})
 
 
 @cli.command()
@@ -138,11 +143,8 @@ def sweep(model, target, out, ratios, budgets, token_layer, prune_method, calib,
         _fail("--prune and --token-budget take comma-separated numbers, e.g. 0,0.2 and 1.0,0.5")
     r = load_recipe(recipe)
     if token_layer is not None:  # the budget itself varies per point
-        from edgec.passes.token_budget import TokenBudgetConfig
-
-        base = r.token_budget.to_dict() if r.token_budget else {"budget": 1.0}
         try:
-            r = r.with_overrides(token_budget=TokenBudgetConfig(**{**base, "layer": token_layer}))
+            r = r.with_overrides(token_budget=_token_budget(r, layer=token_layer))
         except ValueError as e:
             _fail(f"{e}: fix the option value")
     points = run_sweep(model, target, out, grid_r, grid_b, calib, r, prune_method, Progress(quiet))
