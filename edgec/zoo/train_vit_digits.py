@@ -18,7 +18,7 @@ from transformers import ViTConfig, ViTForImageClassification
 from edgec.calibration.digits import MEAN, SIZE, SPLITS, STD, load_digits_split
 from edgec.models.encoder import Attention
 from edgec.models.hf import from_hf, load_into_hf
-from edgec.passes.token_budget import VisionTokenBudget
+from edgec.passes.token_budget import TokenBudgetConfig, VisionTokenBudget, apply_token_budget
 
 DEFAULT_OUT = Path(__file__).parent / "vit-digits"
 SEED = 0
@@ -35,7 +35,7 @@ BACKGROUND = (0.0 - MEAN) / STD  # an empty pixel after preprocessing
 # fused token go on, K drawn from KEEP per step; the model learns to read fewer tokens
 # as EViT's are trained to, and still classifies from all of them on the other steps.
 DROP_LAYER = 0
-KEEP = (0.25, 0.75)  # range of the kept fraction of the 256 patches
+KEEP = (0.25, 0.75)  # range of the kept fraction of the patches
 
 
 def make_config() -> ViTConfig:
@@ -64,11 +64,14 @@ def random_shift(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
 
 @torch.no_grad()
-def top1(model: ViTForImageClassification, split: str) -> float:
+def _top1(logits_of, split: str) -> float:
     x, y = load_digits_split(split)
+    return float((logits_of(torch.from_numpy(x)).argmax(-1).numpy() == y).mean())
+
+
+def top1(model: ViTForImageClassification, split: str) -> float:
     model.eval()
-    pred = model(pixel_values=torch.from_numpy(x)).logits.argmax(-1).numpy()
-    return float((pred == y).mean())
+    return _top1(lambda x: model(pixel_values=x).logits, split)
 
 
 class _SdpaAttention(Attention):
@@ -119,15 +122,10 @@ def train(hf_model: ViTForImageClassification) -> None:
     load_into_hf(model.eval(), hf_model)
 
 
-@torch.no_grad()
 def top1_dropped(model: ViTForImageClassification, split: str, fraction: float) -> float:
     """Top-1 with `fraction` of the patches kept after DROP_LAYER, as `--token-budget` exports it."""
-    from edgec.passes.token_budget import TokenBudgetConfig, apply_token_budget
-
-    x, y = load_digits_split(split)
     cfg = TokenBudgetConfig(budget=fraction, layer=DROP_LAYER)
-    net = apply_token_budget(from_hf(model), cfg).module
-    return float((net(torch.from_numpy(x)).argmax(-1).numpy() == y).mean())
+    return _top1(apply_token_budget(from_hf(model), cfg).module, split)
 
 
 def model_card(n_params: int, acc: float, acc_half: float) -> str:
@@ -143,7 +141,7 @@ A small Vision Transformer (`ViTForImageClassification`) trained from scratch by
 edgec on scikit-learn's 8x8 handwritten digits, upsampled to {SIZE}x{SIZE}. It is
 the project's built-in image model: small enough to train on a CPU in minutes,
 real enough to show what quantization, pruning and token dropping do to
-accuracy and latency. One token per pixel gives it 256 patch tokens, a
+accuracy and latency. One token per pixel gives it {SIZE * SIZE} patch tokens, a
 sequence as long as CLIP ViT-L/14's at 224x224, so work that scales with the token
 count dominates its latency as it does in deployed ViTs.
 
