@@ -6,7 +6,7 @@ and a user's calibration file is only ever used to calibrate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -27,8 +27,8 @@ class Feeds:
     labels: np.ndarray | None  # image models with a labelled held-out split
     calib_source: str
     eval_source: str
-    bench: dict[str, Feed] = field(default_factory=dict)  # named latency inputs
-    prune_calib: list[Feed] = field(default_factory=list)  # more samples of the same source, for pruning
+    bench: dict[str, Feed]  # named latency inputs
+    prune_calib: list[Feed]  # the calibration samples and more of the same source, for pruning
 
     @property
     def example(self) -> Feed:

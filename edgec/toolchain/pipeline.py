@@ -126,7 +126,7 @@ class Export:
         """Structured pruning, then static token dropping: each a torch-level pass."""
         if self.recipe.prune is not None and self.recipe.prune.ratio > 0:
             from edgec.passes.prune import prune
-            feeds = self.feeds.prune_calib or self.feeds.calib
+            feeds = self.feeds.prune_calib
             with self.progress.step(f"prune {self.recipe.prune.ratio:.0%} ({self.recipe.prune.method}, "
                                     f"{len(feeds)} calibration samples)"):
                 result = prune(module, torch_batches(feeds), self.recipe.prune)
