@@ -87,16 +87,32 @@ def load_tokenizer(model_dir: Path):
     return tokenizer
 
 
-def encode(tokenizer, texts: list[str], seq_len: int) -> dict[str, np.ndarray]:
-    """Encode to int64 `input_ids`/`attention_mask` of shape [N, seq_len], truncated and right-padded."""
+def fixed_length(tokenizer, seq_len: int):
+    """A copy of the model's `tokenizers.Tokenizer` that truncates and right-pads to `seq_len`.
+
+    Calibration, evaluation and the bundle's tokenizer.json all use it, so an app
+    that loads the shipped file gets exactly the inputs edgec measured with.
+    """
+    from tokenizers import Tokenizer
+
     min_len = tokenizer.num_special_tokens_to_add() + 1
     if seq_len < min_len:
         raise InputError(f"sequence length {seq_len} is too short for this tokenizer: give at least {min_len}")
-    ids = tokenizer(list(texts), truncation=True, max_length=seq_len, padding=False)["input_ids"]
+    tok = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = np.full((len(ids), seq_len), pad_id, dtype=np.int64)
-    mask = np.zeros((len(ids), seq_len), dtype=np.int64)
-    for i, row in enumerate(ids):
-        input_ids[i, : len(row)] = row
-        mask[i, : len(row)] = 1
-    return {"input_ids": input_ids, "attention_mask": mask}
+    pad_token = tokenizer.pad_token if tokenizer.pad_token is not None else tok.id_to_token(pad_id)
+    tok.enable_truncation(max_length=seq_len)
+    tok.enable_padding(direction="right", length=seq_len, pad_id=pad_id, pad_token=pad_token)
+    return tok
+
+
+def encode_fixed(tok, texts: list[str]) -> dict[str, np.ndarray]:
+    """int64 `input_ids`/`attention_mask` [N, seq_len] from a `fixed_length` tokenizer."""
+    encodings = tok.encode_batch(list(texts))
+    return {"input_ids": np.array([e.ids for e in encodings], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64)}
+
+
+def encode(tokenizer, texts: list[str], seq_len: int) -> dict[str, np.ndarray]:
+    """Encode to int64 `input_ids`/`attention_mask` of shape [N, seq_len], truncated and right-padded."""
+    return encode_fixed(fixed_length(tokenizer, seq_len), texts)

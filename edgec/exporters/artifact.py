@@ -8,7 +8,12 @@ from pathlib import Path
 class Artifact:
     path: Path
     format: str  # "onnx", "onnx-qdq", "pte"
-    runtime: str  # the runtime that runs it: "ort-cpu", "qnn-htp", "executorch"
+    runtime: str  # the runtime it is built for: "ort-cpu", "qnn-htp", "executorch"
+    also_on: tuple[str, ...] = ()  # other runtimes it is verified on (a QDQ graph runs on ORT CPU too)
+
+    @property
+    def runtimes(self) -> tuple[str, ...]:
+        return (self.runtime, *self.also_on)
 
     @property
     def bytes(self) -> int:
@@ -16,4 +21,4 @@ class Artifact:
 
     def to_dict(self, root: Path) -> dict:
         return {"path": str(self.path.relative_to(root)), "format": self.format,
-                "runtime": self.runtime, "bytes": self.bytes}
+                "runtime": self.runtime, "verified_on": list(self.runtimes), "bytes": self.bytes}

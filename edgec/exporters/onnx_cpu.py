@@ -83,9 +83,9 @@ def _quantize(path: Path, out: Path) -> None:
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
 
-def graph_note(kind: str) -> str:
-    """What the cpu graph does, in words, for the report."""
-    if kind == "text":
+def graph_note(module: nn.Module) -> str:
+    """What the cpu graph of `module` does, in words, for the report."""
+    if isinstance(_prepare(module)[0], SkipPadding):
         return ("Padding-free execution: the graph reads the real-token count from attention_mask at run "
                 "time (NonZero + Gather), runs embeddings and all layers on those tokens only, and writes "
                 "zeros to the padded rows of last_hidden_state, so a short sentence costs its own length. "

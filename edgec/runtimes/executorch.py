@@ -18,12 +18,14 @@ from edgec.runtimes.native import silenced
 class ExecutorchSession:
     """The `forward` method of a loaded program; keeps the program alive with it."""
 
-    def __init__(self, program: Program, method: Method, path: Path):
+    def __init__(self, program: Program, method: Method, path: Path, threads: int | None = None):
         self._program, self._method, self.path = program, method, path
+        self.threads = threads
 
-    def run(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
-        """Run once; inputs must match the exported shapes and dtypes exactly."""
-        tensors = [torch.from_numpy(np.asarray(x, order="C")) for x in inputs]
+    def run(self, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+        """Run once; a program has no input names, so the feed's order is the program's input order,
+        and shapes and dtypes must match the exported ones exactly."""
+        tensors = [torch.from_numpy(np.ascontiguousarray(x)) for x in feed.values()]
         try:
             outputs = self._method.execute(tensors)
         except RuntimeError as e:

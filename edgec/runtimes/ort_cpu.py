@@ -1,5 +1,7 @@
 """ONNX Runtime on the CPU: the reference that every other runtime is checked against."""
 
+from __future__ import annotations
+
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +19,9 @@ _BAD_MODEL_ERRORS = (_state.InvalidGraph, _state.InvalidProtobuf, _state.NoSuchF
 class OrtSession:
     """An ONNX Runtime session that takes and returns numpy arrays."""
 
-    def __init__(self, session: ort.InferenceSession):
+    def __init__(self, session: ort.InferenceSession, threads: int | None = None):
         self._session = session
+        self.threads = threads
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
 
@@ -63,4 +66,4 @@ def load(path: Path, threads: int = 2) -> OrtSession:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except ORT_ERRORS as e:
         raise cannot_load(path, e) from e
-    return OrtSession(session)
+    return OrtSession(session, threads)

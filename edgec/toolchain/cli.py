@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -73,12 +74,15 @@ def export(model, target, out, calib, calib_samples, seq_len, prune_ratio, prune
                              token_budget=_budget_config(r, token_budget, token_layer))
     except ValueError as e:
         _fail(f"{e}: fix the option value")
+    if prune_method is not None and r.prune is None:
+        _fail("--prune-method needs a pruning ratio: give --prune RATIO (or 'prune' in the recipe)")
     progress = Progress(quiet)
     report = run_export(model, target, out, calib, r, progress)
     if not quiet:
         acc = report["accuracy"]
         progress.console.print(
-            f"[bold]{report['model']['name']}[/] -> {out}  ({acc['metric']}: {acc['quantized']:.4f}, "
+            f"[bold]{report['model']['name']}[/] -> {out}  ({acc['metric']}: {acc['quantized']:.4f} on "
+            f"{acc['headline']}, "
             f"size {min(report['size_ratio'].values()):.3f}x float)")
     click.echo(str(out / "report.md"))
 
@@ -88,6 +92,8 @@ def _prune_config(recipe, ratio: float | None, method: str | None):
 
     if ratio is None and method is None:
         return None
+    if recipe.prune is None and ratio is None:
+        return None  # a method alone: refused by the caller
     base = recipe.prune or PruneConfig(ratio=0.0)
     return PruneConfig(**{**base.to_dict(), **({"ratio": ratio} if ratio is not None else {}),
                           **({"method": method} if method else {})})
@@ -99,11 +105,14 @@ def _budget_config(recipe, budget: str | None, layer: int | None = None):
         if layer is not None:
             raise ValueError("--token-layer needs --token-budget")
         return None
+    return _token_budget(recipe, budget=_budget_value(budget), layer=layer)
+
+
+def _budget_value(text: str) -> float | int:
     try:
-        value = int(budget) if budget.isdigit() else float(budget)
+        return int(text) if text.strip().isdigit() else float(text)
     except ValueError:
-        raise ValueError(f"--token-budget {budget!r} is neither a fraction nor a count") from None
-    return _token_budget(recipe, budget=value, layer=layer)
+        raise ValueError(f"--token-budget {text!r} is neither a fraction nor a count") from None
 
 
 def _token_budget(recipe, **changes):
@@ -121,7 +130,7 @@ def _token_budget(recipe, **changes):
 @click.option("--prune", "ratios", default="0,0.1,0.2,0.3,0.4", show_default=True,
               help="Comma-separated pruning ratios.")
 @click.option("--token-budget", "budgets", default="1.0,0.75,0.5,0.25", show_default=True,
-              help="Comma-separated token budgets (fractions).")
+              help="Comma-separated token budgets: fractions (0.5) or counts (8); 1.0 keeps every token.")
 @click.option("--token-layer", type=int, help="The layer whose attention picks the kept tokens [default: 0].")
 @click.option("--prune-method", type=click.Choice(["flap", "magnitude"]), default="flap", show_default=True)
 @click.option("--calib", type=click.Path(path_type=Path), help="Calibration data, as for export.")
@@ -138,21 +147,52 @@ def sweep(model, target, out, ratios, budgets, token_layer, prune_method, calib,
 
     try:
         grid_r = [float(x) for x in ratios.split(",")]
-        grid_b = [float(x) for x in budgets.split(",")]
+        grid_b = [_budget_value(x) for x in budgets.split(",")]
     except ValueError:
         _fail("--prune and --token-budget take comma-separated numbers, e.g. 0,0.2 and 1.0,0.5")
     r = load_recipe(recipe)
-    if token_layer is not None:  # the budget itself varies per point
-        try:
+    try:
+        if token_layer is not None:  # the budget itself varies per point
             r = r.with_overrides(token_budget=_token_budget(r, layer=token_layer))
-        except ValueError as e:
-            _fail(f"{e}: fix the option value")
+        from edgec.toolchain.sweep import grid
+        grid(r, grid_r, grid_b, prune_method)  # every point's settings are valid
+    except ValueError as e:
+        _fail(f"{e}: fix the option value")
     points = run_sweep(model, target, out, grid_r, grid_b, calib, r, prune_method, Progress(quiet))
     if not quiet:
         for p in points:
             click.echo(f"prune {p['prune']:<4g} budget {p['token_budget']:<5g} accuracy {p['accuracy']:.4f} "
-                       f"latency {p['latency_vs_float']:.2f}x float, {p['bytes']:,} bytes", err=True)
+                       f"latency {p['latency_vs_float']:.2f}x float ({p['artifact']}), {p['bytes']:,} bytes",
+                       err=True)
     click.echo(str(out / "report.md"))
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--text", help="Text to embed (text bundles).")
+@click.option("--image", type=click.Path(path_type=Path), help="Image to classify (image bundles).")
+@click.option("--runtime", "-r", help="Runtime to run on [default: the first artifact's own runtime].")
+@click.option("--check", is_flag=True, help="Run the bundle's golden inputs and compare with its golden outputs.")
+def run(bundle, text, image, runtime, check) -> None:
+    """Run a bundle through its manifest alone, as an app would."""
+    from edgec.toolchain.bundle import check_golden, open_bundle
+
+    b = open_bundle(bundle)
+    art, rt = b.artifact(runtime)
+    if check:
+        results = check_golden(b, art, rt)
+        for i, (measure, value, ok) in enumerate(results):
+            click.echo(f"golden {i}: {measure} {value:.6f} {'ok' if ok else 'MISMATCH'}")
+        if not all(ok for _, _, ok in results):
+            _fail(f"{art['path']} on {rt} does not reproduce the bundle's golden outputs")
+        click.echo(f"{art['path']} on {rt}: {len(results)} golden outputs reproduced")
+        if text is None and image is None:
+            return
+    feed = b.task.user_input(b.root, b.manifest, text, image)
+    outputs = b.session(art, rt).run(feed)
+    click.echo(f"{b.manifest['model']} ({b.manifest['task']}), {art['path']} on {rt}")
+    for line in b.task.describe(outputs, feed, b.manifest):
+        click.echo(f"  {line}")
 
 
 @cli.group()
@@ -169,8 +209,17 @@ def zoo_list() -> None:
         click.echo(f"{entry.name:12s} {entry.description}")
 
 
+def _terminate(signum, frame) -> None:
+    from edgec.toolchain.publish import Terminated
+
+    raise Terminated()
+
+
 def main() -> None:
+    from edgec.toolchain.publish import Terminated
+
     _quiet_libraries()
+    previous = signal.signal(signal.SIGTERM, _terminate)  # clean up as on Ctrl-C
     try:
         cli(standalone_mode=False)
     except EdgecError as e:
@@ -181,6 +230,10 @@ def main() -> None:
         _fail(e.format_message())
     except KeyboardInterrupt:
         _fail("interrupted")
+    except Terminated:
+        _fail("terminated (SIGTERM): nothing was written")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -12,18 +12,15 @@ import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from edgec.calibration.preprocess import preprocess_file, spec_from_hf
 from edgec.errors import ExportError, InputError
 from edgec.models.hf import check_equivalent, family, from_hf
 from edgec.toolchain.zoo import ZOO
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model")
-
 
 @dataclass
 class LoadedModel:
@@ -33,12 +30,17 @@ class LoadedModel:
     module: torch.nn.Module  # the canonical encoder, eval mode, float32
     config: Any  # the HF config
     tokenizer: Any = None  # text models
-    preprocess_file: Callable[[Path], np.ndarray] | None = None  # image models: file -> [C,H,W]
+    preprocess_spec: dict | None = None  # image models: how a file becomes an input (calibration.preprocess)
     zoo: bool = False
 
     @property
-    def tokenizer_files(self) -> list[Path]:
-        return [self.source_dir / f for f in TOKENIZER_FILES if (self.source_dir / f).is_file()]
+    def task(self):
+        from edgec.tasks import task_for
+
+        return task_for(self.kind)
+
+    def preprocess_file(self, path: Path) -> np.ndarray:
+        return preprocess_file(self.preprocess_spec, path)
 
 
 def _read_config(path: Path):
@@ -94,30 +96,40 @@ def _load_hf(path: Path, kind: str):
                          "check that they match config.json") from None
 
 
-def _image_preprocess(path: Path, config) -> Callable[[Path], np.ndarray]:
-    if (path / "preprocessor.json").is_file():  # edgec's own zoo format
+def _image_preprocess(path: Path, config) -> dict:
+    """The preprocessing spec: edgec's zoo format (preprocessor.json) or the HF image processor's."""
+    if (path / "preprocessor.json").is_file():
         spec = json.loads((path / "preprocessor.json").read_text())
-        from edgec.calibration.digits import SIZE, preprocess_image_file
-
-        if spec.get("image_size") == SIZE and spec.get("num_channels") == 1:
-            return preprocess_image_file
+        n, size = spec["num_channels"], spec["image_size"]
+        return {"color": "L" if n == 1 else "RGB", "size": [size, size], "resample": "bilinear",
+                "rescale": 1 / 255, "mean": [spec["mean"]] * n, "std": [spec["std"]] * n}
     from transformers import AutoImageProcessor
 
     try:
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError):
         raise InputError(f"{path} has no image preprocessor (preprocessor_config.json): add one") from None
-
-    def run(file: Path) -> np.ndarray:
-        from PIL import Image
-
-        with Image.open(file) as im:
-            return processor(images=im.convert("RGB" if config.num_channels == 3 else "L"),
-                             return_tensors="np")["pixel_values"][0].astype(np.float32)
-    return run
+    return spec_from_hf(processor, config.num_channels)
 
 
-def load(source: str) -> LoadedModel:
+@dataclass(frozen=True)
+class Source:
+    """What config.json says about a model, read before any weight is loaded."""
+
+    name: str
+    path: Path
+    config: Any
+    kind: str
+    zoo: bool
+
+    @property
+    def task(self):
+        from edgec.tasks import task_for
+
+        return task_for(self.kind)
+
+
+def inspect(source: str) -> Source:
     zoo = source in ZOO
     path = ZOO[source].locate() if zoo else Path(source)
     if not path.exists():
@@ -125,11 +137,16 @@ def load(source: str) -> LoadedModel:
     if not path.is_dir():
         raise InputError(f"{path} is a file: give the Hugging Face model directory that holds it")
     config = _read_config(path)
-    kind = family(config)["kind"]
+    return Source(source if zoo else path.name, path, config, family(config)["kind"], zoo)
+
+
+def load(source: str | Source) -> LoadedModel:
+    src = source if isinstance(source, Source) else inspect(source)
+    path, config, kind, zoo = src.path, src.config, src.kind, src.zoo
     _check_weights(path)
     hf = _load_hf(path, kind)
     module = from_hf(hf)
-    model = LoadedModel(source if zoo else path.name, path, kind, module, config, zoo=zoo)
+    model = LoadedModel(src.name, path, kind, module, config, zoo=zoo)
     if kind == "text":
         from edgec.calibration.text import load_tokenizer
         model.tokenizer = load_tokenizer(path)
@@ -137,7 +154,7 @@ def load(source: str) -> LoadedModel:
         probe = {"input_ids": torch.randint(5, config.vocab_size, (1, s)),
                  "attention_mask": torch.tensor([[1] * 12 + [0] * 4])}
     else:
-        model.preprocess_file = _image_preprocess(path, config)
+        model.preprocess_spec = _image_preprocess(path, config)
         probe = {"pixel_values": torch.randn(1, config.num_channels, config.image_size, config.image_size)}
     err = check_equivalent(hf, module, probe)
     if not err < 1e-3:

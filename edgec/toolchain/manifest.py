@@ -1,14 +1,26 @@
-"""manifest.json: what an app needs to feed an artifact and read its outputs."""
+"""manifest.json: what an app needs to feed an artifact and read its outputs.
+
+Its shape is the JSON Schema in `manifest.schema.json` beside this file; every
+bundle is validated against it when written and when `edgec run` reads it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import json
+from functools import cache
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
+import edgec
+from edgec.errors import InputError
 from edgec.exporters.artifact import Artifact
+
+SCHEMA_VERSION = 1
 
 
 def _quant(node: onnx.NodeProto | None, inits: dict) -> dict | None:
@@ -37,27 +49,47 @@ def onnx_io(path: Path) -> dict:
             "outputs": [spec(v, _quant(dq_to.get(v.name), inits)) for v in g.output]}
 
 
-def build_manifest(model, target: str, artifacts: list[Artifact], root: Path, seq_len: int,
-                   tokenizer_files: list[str]) -> dict:
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_manifest(model, target: str, artifacts: list[Artifact], root: Path, task_fields: dict,
+                   golden: dict[str, dict]) -> dict:
     entries = []
     onnx_spec = None
     for a in artifacts:
-        entry = a.to_dict(root)
+        entry = {**a.to_dict(root), "sha256": sha256(a.path)}
         if a.format.startswith("onnx"):
             onnx_spec = onnx_io(a.path)
             entry.update(onnx_spec)
-        elif onnx_spec is not None:  # the .pte takes the same tensors in the same order
-            entry.update({"inputs": [{**i, "quantization": None} for i in onnx_spec["inputs"]],
-                          "outputs": [{**o, "quantization": None} for o in onnx_spec["outputs"][:1]]})
+        elif onnx_spec is not None:  # the .pte takes the same tensors in the same order, unquantized
+            entry.update({side: [{**t, "quantization": None} for t in onnx_spec[side]]
+                          for side in ("inputs", "outputs")})
+        entry["golden"] = golden[a.path.name]
         entries.append(entry)
-    manifest = {"model": model.name, "architecture": model.config.model_type, "target": target,
-                "task": "feature-extraction" if model.kind == "text" else "image-classification",
-                "artifacts": entries}
-    if model.kind == "text":
-        manifest["tokenizer"] = {"files": tokenizer_files, "max_length": seq_len, "padding": "right",
-                                 "pad_token_id": model.tokenizer.pad_token_id,
-                                 "pooling": "mean over attention_mask"}
-    else:
-        labels = getattr(model.config, "id2label", None) or {}
-        manifest["labels"] = {str(k): v for k, v in labels.items()}
+    manifest = {"schema_version": SCHEMA_VERSION, "edgec_version": edgec.__version__,
+                "model": model.name, "architecture": model.config.model_type, "target": target,
+                "task": model.task.name, "artifacts": entries, **task_fields}
+    validate(manifest)
     return manifest
+
+
+@cache
+def schema() -> dict:
+    return json.loads(resources.files("edgec.toolchain").joinpath("manifest.schema.json").read_text())
+
+
+def validate(manifest: dict) -> None:
+    """Raise InputError naming the first place the manifest breaks the schema."""
+    import jsonschema
+
+    try:
+        jsonschema.validate(manifest, schema())
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "the top level"
+        raise InputError(f"manifest.json does not follow schema version {SCHEMA_VERSION} at {where}: "
+                         f"{e.message[:200]}") from None

@@ -1,4 +1,8 @@
-"""model -> passes -> exporters -> runtimes -> report, for one target.
+"""model -> passes -> target build -> runtimes -> report, for one target.
+
+The pipeline knows no target, runtime or model kind by name: the target builds
+artifacts and names the runtimes each is verified on, the runtime registry opens
+them, and the model's task supplies data, outputs and the metric.
 
 Everything is built in a hidden work directory beside OUT and renamed into
 place at the end, so a failed export never leaves a half-written OUT.
@@ -7,11 +11,8 @@ place at the end, so a failed export never leaves a half-written OUT.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -19,53 +20,22 @@ import numpy as np
 import torch
 
 import edgec
+from edgec import runtimes
 from edgec.errors import InputError
 from edgec.exporters.artifact import Artifact
-from edgec.exporters.onnx_float import export_onnx
 from edgec.runtimes.timing import bench
-from edgec.toolchain import evaluate
-from edgec.toolchain.data import Feed, Feeds, build_feeds
-from edgec.toolchain.load import LoadedModel, load
+from edgec.targets import Build, Built, Target, resolve
+from edgec.tasks.base import Feed, Feeds, Outputs
+from edgec.toolchain.golden import write_golden
+from edgec.toolchain.load import LoadedModel, inspect, load
 from edgec.toolchain.manifest import build_manifest
 from edgec.toolchain.progress import Progress
+from edgec.toolchain.publish import atomic_dir
 from edgec.toolchain.recipe import Recipe
 from edgec.toolchain.report import render_markdown
-from edgec.toolchain.targets import Target, resolve
 
-Runner = Callable[[Feed], list[np.ndarray]]
-
-
-def session(artifact: Artifact) -> Runner:
-    """All outputs of one run of `artifact` on its runtime."""
-    if artifact.runtime == "executorch":
-        from edgec.runtimes import executorch
-        s = executorch.load(artifact.path)
-        return lambda feed: s.run(list(feed.values()))
-    if artifact.runtime == "qnn-htp":
-        from edgec.runtimes import qnn_htp
-        s = qnn_htp.load(artifact.path)
-    else:
-        from edgec.runtimes import ort_cpu
-        s = ort_cpu.load(artifact.path)
-    return lambda feed: s.run(feed)
-
-
-def on_cpu(art: Artifact) -> Artifact:
-    """The same file on the CPU runtime that can run it (QDQ graphs run on ORT CPU too)."""
-    return art if art.runtime == "executorch" else Artifact(art.path, art.format, "ort-cpu")
-
-
-@dataclass
-class Built:
-    """What one target build produced: its artifacts and its part of the report."""
-
-    artifacts: list[Artifact]
-    report: dict = field(default_factory=dict)
-    htp_ok: bool = False
-
-
-def torch_inputs(feed: Feed) -> tuple[torch.Tensor, ...]:
-    return tuple(torch.from_numpy(v) for v in feed.values())
+Runner = Callable[[Feed], Outputs]
+FLOAT = "float.onnx@ort-cpu"
 
 
 def torch_batches(feeds: list[Feed], size: int = 8) -> list[tuple[torch.Tensor, ...]]:
@@ -81,45 +51,39 @@ def torch_batches(feeds: list[Feed], size: int = 8) -> list[tuple[torch.Tensor, 
     return out
 
 
+def key(art: Artifact, runtime: str) -> str:
+    return f"{art.path.name}@{runtime}"
+
+
 class Export:
     """One export run: compress, build the target, measure against float (and quantized-only)."""
 
     def __init__(self, model: LoadedModel, target: Target, feeds: Feeds, recipe: Recipe,
                  work: Path, scratch: Path, progress: Progress):
         self.model, self.target, self.feeds, self.recipe = model, target, feeds, recipe
-        self.work, self.scratch, self.progress = work, scratch, progress
+        self.task = model.task
+        self.work, self.progress = work, progress
+        self.job = Build(model, self.task, feeds, recipe, scratch, progress)
         self.report: dict = {}
-
-    def output_names(self, module: torch.nn.Module) -> list[str]:
-        if self.model.kind == "image":
-            return ["logits"]
-        from edgec.passes.token_budget import TextTokenBudget
-        return ["last_hidden_state", "kept_mask"] if isinstance(module, TextTokenBudget) else ["last_hidden_state"]
-
-    def metric(self, reference: list, candidate: list) -> dict:
-        if self.model.kind == "text":
-            return evaluate.text_metric(reference, candidate, self.feeds.eval[:len(candidate)])
-        return evaluate.image_metric(reference, candidate, self.feeds.labels)
-
-    def run_all(self, run: Runner, name: str, limit: int | None = None) -> list:
-        feeds = self.feeds.eval[:limit]
-        return [run(f) for f in self.progress.track(feeds, f"evaluate {name}", total=len(feeds))]
+        self.sessions: dict[tuple[str, str], runtimes.Session] = {}
 
     def build(self) -> dict:
         with self.progress.step("export float ONNX (baseline)"):
-            baseline = export_onnx(self.model.module, self.feeds.example, self.output_names(self.model.module),
-                                   self.scratch / "float.onnx")
+            baseline = self.job.float_onnx(self.model.module, "float.onnx")
         module = self._compress(self.model.module)
         compressed = module is not self.model.module
-        primary = self._build_target(module, self.work, None if compressed else baseline)
+        float_art = self.job.float_onnx(module, "compressed-float.onnx") if compressed else baseline
+        primary = self.target.build(self.job, module, self.work, float_art)
         self.report.update(primary.report)
         qonly = None
         if compressed and self.recipe.compare_quantized_only:  # what the compression passes buy
-            (self.scratch / "quantized-only").mkdir()
+            (self.job.scratch / "quantized-only").mkdir()
             with self.progress.step("build the quantized-only model for comparison"):
-                qonly = self._build_target(self.model.module, self.scratch / "quantized-only", baseline)
+                qonly = self.target.build(self.job, self.model.module, self.job.scratch / "quantized-only",
+                                          baseline)
         self._measure(baseline, primary, qonly)
         self.artifacts = primary.artifacts
+        self.output_names = self.task.output_names(module)
         return self.report
 
     def _compress(self, module: torch.nn.Module) -> torch.nn.Module:
@@ -134,7 +98,7 @@ class Export:
             self.report["pruning"] = {**self.recipe.prune.to_dict(), **result.to_dict()}
         if self.recipe.token_budget is not None:
             from edgec.passes.token_budget import apply_token_budget
-            size = self.recipe.seq_len if self.model.kind == "text" else None
+            size = self.task.tokens(self.model.config, self.recipe)
             with self.progress.step(f"token budget {self.recipe.token_budget.budget}"):
                 result = apply_token_budget(module, self.recipe.token_budget, size)
             if result.changed:
@@ -142,140 +106,104 @@ class Export:
             self.report["token_budget"] = {**self.recipe.token_budget.to_dict(), **result.to_dict()}
         return module
 
-    def _build_target(self, module: torch.nn.Module, out_dir: Path, float_art: Artifact | None) -> Built:
-        if self.target.plan is None:
-            return self._build_dynamic(module, out_dir)
-        if float_art is None:
-            float_art = export_onnx(module, self.feeds.example, self.output_names(module),
-                                    self.scratch / f"{out_dir.name}-float.onnx")
-        return self._build_static(module, out_dir, float_art)
+    def session(self, art: Artifact, runtime: str) -> Runner:
+        """All outputs of one run of `art` on `runtime`; one session per file and runtime."""
+        if (art.path, runtime) not in self.sessions:
+            self.sessions[art.path, runtime] = runtimes.load(runtime, art.path)
+        return self.sessions[art.path, runtime].run
 
-    def _build_static(self, module: torch.nn.Module, out_dir: Path, float_art: Artifact) -> Built:
-        from edgec.exporters.integer_check import check_integer_only
-        from edgec.exporters.onnx_qdq import quantize_qdq
-        from edgec.runtimes import qnn_htp
-        import onnx
+    def run_all(self, run: Runner, name: str, limit: int | None = None) -> list[Outputs]:
+        feeds = self.feeds.eval[:limit]
+        return [run(f) for f in self.progress.track(feeds, f"evaluate {name}", total=len(feeds))]
 
-        plan = self.recipe.plan or self.target.plan
-        report = {}
-        if self.recipe.smooth is not None:
-            float_art, report["smoothing"] = self._smoothed(module, out_dir)
-        with self.progress.step(f"quantize {plan.activations} activations / int8 weights "
-                                f"({len(self.feeds.calib)} calibration samples)"):
-            result = quantize_qdq(float_art.path, out_dir / "model.onnx", self.feeds.calib, plan)
-        with self.progress.step("check the graph is integer-only"):
-            check = check_integer_only(onnx.load(result.artifact.path))
-        with self.progress.step("HTP op coverage (QNN, CPU fallback disabled)"):
-            cov = qnn_htp.coverage(result.artifact.path)
-        report["calibration"] = {"source": self.feeds.calib_source, "observer": plan.observer,
-                                 "observers_chosen": result.observers}
-        report["precision"] = {**plan.to_dict(),
-                               "int16_why": plan.why_16bit if plan.activations == "uint16" else None}
-        report["npu"] = {"backend": self.target.npu_backend, **cov.to_dict(),
-                         "coverage": cov.fraction, "integer_only": check.integer_only,
-                         "integer_violations": check.violations[:50],
-                         "int16_tensors": result.int16_reasons(check.int16_tensors)}
-        return Built([result.artifact], report, cov.runs_fully)
+    def _limit(self, runtime: str) -> int | None:
+        """A simulator evaluates fewer samples: enough to mean something, at a cost the report states."""
+        if not runtimes.runtime(runtime).simulated:
+            return None
+        return self.recipe.htp_eval_samples or self.task.simulator_eval_samples
 
-    def _smoothed(self, module: torch.nn.Module, out_dir: Path) -> tuple[Artifact, dict]:
-        """The float graph the quantizer sees: smoothed, equivalent to `module`."""
-        from edgec.passes.smooth import smooth
-
-        calib = [torch_inputs(f) for f in self.feeds.calib]
-        with self.progress.step(f"smooth activation outliers (alpha {self.recipe.smooth.alpha})"):
-            result = smooth(module, calib, self.recipe.smooth)
-            art = export_onnx(result.module, self.feeds.example, self.output_names(module),
-                              self.scratch / f"{out_dir.name}-smoothed.onnx")
-        return art, {**self.recipe.smooth.to_dict(), **result.to_dict()}
-
-    def _build_dynamic(self, module: torch.nn.Module, out_dir: Path) -> Built:
-        from edgec.exporters.executorch import export_pte
-        from edgec.exporters.onnx_cpu import export_cpu_int8, graph_note
-
-        cfg = self.model.config
-        with self.progress.step("export int8 ONNX for ORT CPU"):
-            art = export_cpu_int8(module, self.feeds.example, out_dir / "model.onnx",
-                                  num_heads=cfg.num_attention_heads, hidden_size=cfg.hidden_size,
-                                  output_names=self.output_names(module))
-        with self.progress.step("export int8 ExecuTorch program (XNNPACK)"):
-            calib = [torch_inputs(f) for f in self.feeds.calib[:4]]
-            pte = export_pte(module, torch_inputs(self.feeds.example), out_dir / "model.pte", calib)
-        return Built([art, pte], {"calibration": {"source": "none needed: int8 weights, activations "
-                                                            "quantized per call"},
-                                  "graph": graph_note(self.model.kind)})
-
-    def _accuracy(self, reference: list, built: Built) -> dict:
-        per_runtime = {f"{a.path.name}@{on_cpu(a).runtime}": self.metric(
-            reference, self.run_all(session(on_cpu(a)), a.path.name)) for a in built.artifacts}
-        if built.htp_ok:
-            n = self.recipe.htp_eval_samples or (8 if self.model.kind == "text" else 100)
-            per_runtime["model.onnx@qnn-htp"] = self.metric(
-                reference[:n], self.run_all(session(built.artifacts[0]), "on the HTP simulator", n))
-        return per_runtime
+    def _accuracy(self, reference: list[Outputs], built: Built) -> dict:
+        out = {}
+        for art in built.artifacts:
+            for rt in art.runtimes:
+                n = self._limit(rt)
+                t0 = time.perf_counter()
+                got = self.run_all(self.session(art, rt), key(art, rt), n)
+                ref = reference[:len(got)]
+                out[key(art, rt)] = {**self.task.metric(ref, got, self.feeds),
+                                     "seconds": round(time.perf_counter() - t0, 1)}
+        return out
 
     def _measure(self, baseline: Artifact, primary: Built, qonly: Built | None) -> None:
-        reference = self.run_all(session(baseline), "float ONNX")
+        reference = self.run_all(self.session(baseline, "ort-cpu"), "float ONNX")
         per_runtime = self._accuracy(reference, primary)
+        head = key(primary.artifacts[0], primary.artifacts[0].runtime)
         self.report["accuracy"] = {
-            "metric": "pooled sentence-embedding cosine to float" if self.model.kind == "text" else
-                      ("top-1 accuracy" if self.feeds.labels is not None else "top-1 agreement with float"),
-            "data": self.feeds.eval_source,
-            "float": 1.0 if self.model.kind == "text" else self.metric(reference, reference)["value"],
-            "quantized": next(iter(per_runtime.values()))["value"], "per_runtime": per_runtime}
-        timed = [("float.onnx@ort-cpu", baseline)] + [
-            (f"{a.path.name}@{on_cpu(a).runtime}", on_cpu(a)) for a in primary.artifacts]
+            "metric": self.task.metric_name(self.feeds), "data": self.feeds.eval_source,
+            "float": self.task.metric(reference, reference, self.feeds)["value"],
+            "headline": head, "quantized": per_runtime[head]["value"], "per_runtime": per_runtime}
+        timed = [(FLOAT, baseline, "ort-cpu")] + [
+            (key(a, rt), a, rt) for a in primary.artifacts for rt in a.runtimes]
         if qonly is not None:
-            timed += [(f"quantized-only {a.path.name}@{on_cpu(a).runtime}", on_cpu(a)) for a in qonly.artifacts]
-        self.report["latency_ms"] = self._latency(timed, primary)
+            timed += [(f"quantized-only {key(a, rt)}", a, rt) for a in qonly.artifacts for rt in a.runtimes]
+        self._latency(timed)
         self.report["float_bytes"] = baseline.bytes
         if qonly is not None:
             self.report["compared_to_quantized_only"] = self._versus(reference, primary, qonly)
 
-    def _versus(self, reference: list, primary: Built, qonly: Built) -> dict:
+    def _versus(self, reference: list[Outputs], primary: Built, qonly: Built) -> dict:
         """What the compression passes changed, against float and against quantization alone."""
-        q_acc = self._accuracy(reference, Built(qonly.artifacts))
+        q_acc = self._accuracy(reference, Built([Artifact(a.path, a.format, a.runtime) for a in qonly.artifacts]))
         lat = self.report["latency_ms"]
+        ratio = lambda a, b: {label: {mode: round(t[mode]["median"] / b[label][mode]["median"], 3) for mode in t}
+                              for label, t in a.items()}
         out = {}
         for a, q in zip(primary.artifacts, qonly.artifacts):
-            key = f"{a.path.name}@{on_cpu(a).runtime}"
-            out[key] = {
-                "accuracy": self.report["accuracy"]["per_runtime"][key]["value"],
-                "accuracy_quantized_only": q_acc[key]["value"],
-                "bytes": a.bytes, "bytes_quantized_only": q.bytes,
-                "latency_vs_quantized_only": {label: round(t["median"] / lat[f"quantized-only {key}"][label]["median"], 3)
-                                              for label, t in lat[key].items()},
-                "latency_vs_float": {label: round(t["median"] / lat["float.onnx@ort-cpu"][label]["median"], 3)
-                                     for label, t in lat[key].items()}}
+            k = key(a, a.runtime)
+            entry = {"accuracy": self.report["accuracy"]["per_runtime"][k]["value"],
+                     "accuracy_quantized_only": q_acc[key(q, q.runtime)]["value"],
+                     "bytes": a.bytes, "bytes_quantized_only": q.bytes}
+            timed = next((key(a, rt) for rt in a.runtimes if key(a, rt) in lat), None)
+            if timed is not None:
+                entry["latency_key"] = timed
+                entry["latency_vs_quantized_only"] = ratio(lat[timed], lat[f"quantized-only {timed}"])
+                entry["latency_vs_float"] = ratio(lat[timed], lat[FLOAT])
+            out[k] = entry
         return out
 
-    def _latency(self, timed: list[tuple[str, Artifact]], primary: Built) -> dict:
-        runs, out = self.recipe.bench_runs, {}
-        with self.progress.step(f"latency: {runs} warm runs per runtime and input"):
-            for name, art in timed:
-                run = session(art)
-                out[name] = {label: bench(lambda: run(feed), runs=runs).to_dict()
+    def _latency(self, timed: list[tuple[str, Artifact, str]]) -> None:
+        """Hot (back to back) and cold (caches evicted first) latency on real runtimes; a simulator's
+        wall time on its own, never as a device latency."""
+        runs, lat, sim = self.recipe.bench_runs, {}, {}
+        with self.progress.step(f"latency: {runs} hot and {runs} cold runs per runtime and input"):
+            for name, art, rt in timed:
+                run = self.session(art, rt)
+                if runtimes.runtime(rt).simulated:
+                    if name.startswith("quantized-only"):
+                        continue
+                    label, feed = next(iter(self.feeds.bench.items()))
+                    sim[name] = {label: bench(lambda: run(feed), runs=3, warmup=1).to_dict()}
+                    continue
+                lat[name] = {label: {"hot": bench(lambda: run(feed), runs=runs).to_dict(),
+                                     "cold": bench(lambda: run(feed), runs=runs, cold=True).to_dict()}
                              for label, feed in self.feeds.bench.items()}
-            if primary.htp_ok:  # the simulator's time says nothing about a device: few runs, marked
-                run = session(primary.artifacts[0])
-                out["model.onnx@qnn-htp-simulator"] = {
-                    label: {**bench(lambda: run(feed), runs=3, warmup=1).to_dict(), "simulated": True}
-                    for label, feed in list(self.feeds.bench.items())[:1]}
-        return out
+        self.report["latency_ms"] = lat
+        if sim:
+            self.report["simulator_wall_ms"] = sim
+        used = {rt for _, _, rt in timed}
+        self.report["runtimes"] = {rt: self._runtime_info(rt) for rt in sorted(used)}
 
+    def _runtime_info(self, name: str) -> dict:
+        from importlib.metadata import PackageNotFoundError, version
 
-def _publish(work: Path, out: Path) -> None:
-    """Swap the finished work directory into place; an old OUT is replaced whole."""
-    umask = os.umask(0)
-    os.umask(umask)
-    for path in [work, *work.rglob("*")]:  # temp files are created private
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        out.rename(old)
-    work.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        rt = runtimes.runtime(name)
+        threads = {s.threads for (path, r), s in self.sessions.items() if r == name}
+        try:
+            v = version(rt.package)
+        except PackageNotFoundError:
+            v = None
+        return {"description": rt.description, "version": v, "simulated": rt.simulated,
+                "threads": threads.pop() if len(threads) == 1 else sorted(threads, key=str)}
 
 
 @dataclass
@@ -289,58 +217,74 @@ class Prepared:
     load_seconds: float
 
 
-def prepare(source: str, target_name: str, calib: Path | None, recipe: Recipe, progress: Progress) -> Prepared:
-    target = resolve(target_name)  # before loading: a typo fails at once
+def check(source: str, target_name: str, recipes: list[Recipe]):
+    """Every setting checked against the target and the model's config before any work starts."""
+    target = resolve(target_name)
+    src = inspect(source)
+    for recipe in recipes:
+        target.check(recipe)
+        src.task.check(src.config, recipe)
+    return target, src
+
+
+def prepare(source: str, target_name: str, calib: Path | None, recipe: Recipe, progress: Progress,
+            variants: list[Recipe] | None = None) -> Prepared:
+    target, src = check(source, target_name, variants or [recipe])
     t0 = time.perf_counter()
     with progress.step(f"load {source}"):
-        model = load(source)
-    feeds = build_feeds(model, calib, recipe)
+        model = load(src)
+    feeds = model.task.feeds(model, calib, recipe)
     return Prepared(source, target, model, feeds, round(time.perf_counter() - t0, 1))
+
+
+def check_out(out: Path) -> Path:
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {out} is a file: give a directory path")
+    return out
 
 
 def export(source: str, target_name: str, out: Path, calib: Path | None = None,
            recipe: Recipe = Recipe(), progress: Progress | None = None) -> dict:
     progress = progress or Progress(quiet=True)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise InputError(f"output {out} is a file: give a directory path")
+    out = check_out(out)
     return export_prepared(prepare(source, target_name, calib, recipe, progress), out, recipe, progress)
 
 
 def export_prepared(prepared: Prepared, out: Path, recipe: Recipe, progress: Progress) -> dict:
-    model, target, feeds = prepared.model, prepared.target, prepared.feeds
+    # the float graph, its compressed twin and the quantized-only build: an estimate, said as one
+    needs = 3 * 4 * sum(p.numel() for p in prepared.model.module.parameters())
+    with atomic_dir(out, needs) as (work, scratch):
+        return export_into(prepared, work, scratch, recipe, progress)
+
+
+def export_into(prepared: Prepared, work: Path, scratch: Path, recipe: Recipe, progress: Progress) -> dict:
+    """The bundle, written into the (hidden) folder `work`."""
+    from edgec.runtimes.machine import machine_info
+
+    model, target = prepared.model, prepared.target
     t0 = time.perf_counter()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        with tempfile.TemporaryDirectory(prefix="edgec-") as scratch:
-            exp = Export(model, target, feeds, recipe, work, Path(scratch), progress)
-            body = exp.build()
-        tok_files = []
-        if model.kind == "text":
-            (work / "tokenizer").mkdir()
-            for f in model.tokenizer_files:
-                shutil.copy2(f, work / "tokenizer" / f.name)
-                tok_files.append(f"tokenizer/{f.name}")
-        manifest = build_manifest(model, target.name, exp.artifacts, work, recipe.seq_len, tok_files)
-        (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        report = {
-            "edgec_version": edgec.__version__,
-            "model": {"name": model.name, "architecture": model.config.model_type, "kind": model.kind,
-                      "parameters": sum(p.numel() for p in model.module.parameters())},
-            "target": target.name, "target_description": target.description,
-            "recipe": recipe.to_dict(),
-            "artifacts": [a.to_dict(work) for a in exp.artifacts],
-            **body,
-            "size_ratio": {a.path.name: round(a.bytes / body["float_bytes"], 4) for a in exp.artifacts},
-            "step_seconds": dict(progress.timings),
-            "load_seconds": prepared.load_seconds,
-            "export_seconds": round(time.perf_counter() - t0, 1),
-        }
-        (work / "report.json").write_text(json.dumps(report, indent=2))
-        (work / "report.md").write_text(render_markdown(report))
-        _publish(work, out)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+    exp = Export(model, target, prepared.feeds, recipe, work, scratch, progress)
+    body = exp.build()
+    task_fields = model.task.bundle(model, recipe, exp.output_names, work)
+    with progress.step(f"golden vectors ({len(prepared.feeds.golden)} inputs per artifact and runtime)"):
+        golden = {a.path.name: write_golden(work, a, prepared.feeds, exp.session, exp.output_names) for a in exp.artifacts}
+    manifest = build_manifest(model, target.name, exp.artifacts, work, task_fields, golden)
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    report = {
+        "edgec_version": edgec.__version__,
+        "model": {"name": model.name, "architecture": model.config.model_type, "kind": model.kind,
+                  "task": model.task.name, "parameters": sum(p.numel() for p in model.module.parameters())},
+        "target": target.name, "target_description": target.description,
+        "recipe": recipe.to_dict(),
+        "artifacts": [a.to_dict(work) for a in exp.artifacts],
+        **body,
+        "size_ratio": {a.path.name: round(a.bytes / body["float_bytes"], 4) for a in exp.artifacts},
+        "machine": machine_info(),
+        "step_seconds": dict(progress.timings),
+        "load_seconds": prepared.load_seconds,
+        "export_seconds": round(time.perf_counter() - t0, 1),
+    }
+    (work / "report.json").write_text(json.dumps(report, indent=2))
+    (work / "report.md").write_text(render_markdown(report))
     return report

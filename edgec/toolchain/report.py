@@ -26,26 +26,16 @@ def render_markdown(r: dict) -> str:
     lines.append(f"Float ONNX baseline: {_kb(r['float_bytes'])}.")
     lines.append("")
     acc = r["accuracy"]
-    lines += ["## Accuracy", "", f"Metric: {acc['metric']}, on {acc['data']}. Float: {acc['float']:.4f}.", ""]
-    rows = [[k, f"{v['value']:.4f}", f"{v['min']:.4f}" if "min" in v else "", v["samples"]]
-            for k, v in acc["per_runtime"].items()]
-    lines += _table(["artifact@runtime", "value", "worst sample", "samples"], rows)
-    lines += ["## Latency (ms, median / p90 of warm runs, this machine, one run)", ""]
-    labels = list(next(iter(r["latency_ms"].values())))
-    base = r["latency_ms"]["float.onnx@ort-cpu"]
-    rows = []
-    for name, per_input in r["latency_ms"].items():
-        row = [name]
-        for label in labels:
-            t = per_input.get(label)
-            if t is None:
-                row.append("")
-                continue
-            ratio = t["median"] / base[label]["median"]
-            mark = " (simulated)" if t.get("simulated") else ""
-            row.append(f"{t['median']:.2f} / {t['p90']:.2f} ({ratio:.2f}x){mark}")
-        rows.append(row)
-    lines += _table(["artifact@runtime", *labels], rows)
+    lines += ["## Accuracy", "", f"Metric: {acc['metric']}, on {acc['data']}. Float: {acc['float']:.4f}. "
+              f"Headline: **{acc['quantized']:.4f}** on `{acc['headline']}`.", ""]
+    rows = [[f"`{k}`", f"{v['value']:.4f}", f"{v['min']:.4f}" if "min" in v else "", v["samples"],
+             f"{v['seconds']} s"] for k, v in acc["per_runtime"].items()]
+    lines += _table(["artifact@runtime", "value", "worst sample", "samples", "time taken"], rows)
+    slow = [k for k in acc["per_runtime"] if r["runtimes"].get(k.rsplit("@", 1)[1], {}).get("simulated")]
+    if slow:
+        lines += [f"`{k}` runs on a simulator: {acc['per_runtime'][k]['samples']} held-out samples took "
+                  f"{acc['per_runtime'][k]['seconds']} s." for k in slow] + [""]
+    lines += _latency(r)
     lines += _compression(r)
     if "graph" in r:
         lines += ["## What the graph does", "", r["graph"], ""]
@@ -70,7 +60,7 @@ def render_markdown(r: dict) -> str:
             lines += _table(["node", "op", "reason", "rewrite that fixes it"],
                             [[u["name"], u["op_type"], u["reason"], u["rewrite"]] for u in shown])
             if len(n["unsupported_ops"]) > MAX_ROWS:
-                lines += [f"... and {len(n['unsupported']) - MAX_ROWS} more in report.json.", ""]
+                lines += [f"... and {len(n['unsupported_ops']) - MAX_ROWS} more in report.json.", ""]
         if n.get("integer_violations"):
             lines += _table(["node", "op", "why it is not integer-only"],
                             [[v["node"], v["op"], v["reason"]] for v in n["integer_violations"][:MAX_ROWS]])
@@ -82,6 +72,38 @@ def render_markdown(r: dict) -> str:
                          + ", ".join(f"{k} {v}" for k, v in c["observers_chosen"].items()) + ".")
         lines.append("")
     return "\n".join(lines)
+
+
+def _latency(r: dict) -> list[str]:
+    """Hot and cold medians against float on the same input; a simulator's wall time on its own line."""
+    lat = r["latency_ms"]
+    labels = list(lat["float.onnx@ort-cpu"])
+    base = lat["float.onnx@ort-cpu"]
+    lines = ["## Latency", "",
+             "Milliseconds, median / p90 of warm runs, this machine, one run. Hot: back to back, weights in "
+             "cache. Cold: caches evicted before each run (an app that runs the model now and then). "
+             "Ratios are to the float ONNX on ORT CPU in the same mode.", ""]
+    rows = []
+    for name, per_input in lat.items():
+        row = [f"`{name}`"]
+        for label in labels:
+            for mode in ("hot", "cold"):
+                t = per_input.get(label, {}).get(mode)
+                row.append("" if t is None else
+                           f"{t['median']:.2f} / {t['p90']:.2f} ({t['median'] / base[label][mode]['median']:.2f}x)")
+        rows.append(row)
+    lines += _table(["artifact@runtime", *(f"{label} {mode}" for label in labels for mode in ("hot", "cold"))], rows)
+    for name, per_input in r.get("simulator_wall_ms", {}).items():
+        for label, t in per_input.items():
+            lines += [f"Simulator wall time of `{name}` ({label}): {t['median']:.0f} ms per run on this x86-64 "
+                      "machine. This is the simulator's cost, not a device latency.", ""]
+    lines += ["Runtimes:", ""]
+    lines += [f"- `{name}` {v['version'] or ''}: {v['description']}; threads: {v['threads']}"
+              for name, v in r["runtimes"].items()]
+    m = r["machine"]
+    isa = ", ".join(k for k, v in m.get("isa", {}).items() if v) or "none of the listed"
+    lines += ["", f"Machine: {m.get('cpu')}, {m.get('logical_cores')} logical cores; ISA: {isa}.", ""]
+    return lines
 
 
 def _compression(r: dict) -> list[str]:
@@ -105,8 +127,11 @@ def _compression(r: dict) -> list[str]:
         lines += [f"Token budget: {t['kept']} of {t['total']} tokens kept after block {t['layer']} "
                   f"({t['tokens_after']} tokens in later blocks{', one fused' if t['fused'] else ''}).", ""]
     for key, v in r.get("compared_to_quantized_only", {}).items():
-        lines += [f"`{key}`: accuracy {v['accuracy']:.4f} (quantized only: {v['accuracy_quantized_only']:.4f}), "
-                  f"{v['bytes']:,} bytes (quantized only: {v['bytes_quantized_only']:,}); latency vs quantized "
-                  f"only: " + ", ".join(f"{k} {x:.2f}x" for k, x in v["latency_vs_quantized_only"].items())
-                  + "; vs float: " + ", ".join(f"{k} {x:.2f}x" for k, x in v["latency_vs_float"].items()) + ".", ""]
+        line = (f"`{key}`: accuracy {v['accuracy']:.4f} (quantized only: {v['accuracy_quantized_only']:.4f}), "
+                f"{v['bytes']:,} bytes (quantized only: {v['bytes_quantized_only']:,})")
+        if "latency_key" in v:
+            fmt = lambda d: ", ".join(f"{k} {x['hot']:.2f}x hot, {x['cold']:.2f}x cold" for k, x in d.items())
+            line += (f"; latency of `{v['latency_key']}` vs quantized only: {fmt(v['latency_vs_quantized_only'])}"
+                     f"; vs float: {fmt(v['latency_vs_float'])}")
+        lines += [line + ".", ""]
     return lines

@@ -1,0 +1,61 @@
+"""A target builds artifacts from a (compressed) torch module and says where each is verified.
+
+The pipeline hands every target the same `Build` context and measures whatever
+comes back on the runtimes each artifact names; a new target never edits it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from edgec.exporters.artifact import Artifact
+from edgec.exporters.onnx_float import export_onnx
+from edgec.tasks.base import Feed, Feeds, Task
+from edgec.toolchain.progress import Progress
+
+
+@dataclass
+class Built:
+    """What one target build produced: its artifacts and its part of the report."""
+
+    artifacts: list[Artifact]
+    report: dict = field(default_factory=dict)
+
+
+def torch_inputs(feed: Feed) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(v) for v in feed.values())
+
+
+@dataclass
+class Build:
+    """What a target may use: the loaded model, its task and data, the recipe, a scratch folder."""
+
+    model: object  # toolchain.load.LoadedModel
+    task: Task
+    feeds: Feeds
+    recipe: object  # toolchain.recipe.Recipe
+    scratch: Path
+    progress: Progress
+
+    def float_onnx(self, module: torch.nn.Module, name: str) -> Artifact:
+        """The plain float ONNX of `module` in the scratch folder: what quantizers and compilers read."""
+        return export_onnx(module, self.feeds.example, self.task.output_names(module), self.scratch / name)
+
+    def calib_tensors(self, limit: int | None = None) -> list[tuple[torch.Tensor, ...]]:
+        return [torch_inputs(f) for f in self.feeds.calib[:limit]]
+
+
+class Target:
+    name: str
+    description: str
+
+    def check(self, recipe) -> None:
+        """Refuse recipe settings this target would not apply, before any work starts."""
+
+    def build(self, job: Build, module: torch.nn.Module, out_dir: Path, float_onnx: Artifact) -> Built:
+        """Write the artifacts for `module` into `out_dir`; `float_onnx` is its float graph."""
+        raise NotImplementedError
+

@@ -1,0 +1,56 @@
+"""`npu`: an integer-only A16W8 QDQ graph that runs whole on Qualcomm's HTP (QNN)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import onnx
+import torch
+
+from edgec.calibration.plan import PrecisionPlan
+from edgec.exporters.artifact import Artifact
+from edgec.targets.base import Build, Built, Target
+
+
+class Npu(Target):
+    name = "npu"
+    description = "integer-only A16W8 QDQ ONNX that runs whole on Qualcomm's HTP (QNN)"
+    backend = "qnn-htp"
+
+    def build(self, job: Build, module: torch.nn.Module, out_dir: Path, float_onnx: Artifact) -> Built:
+        from edgec.exporters.integer_check import check_integer_only
+        from edgec.exporters.onnx_qdq import quantize_qdq
+        from edgec.runtimes import qnn_htp
+
+        plan = job.recipe.plan or PrecisionPlan()
+        report = {}
+        if job.recipe.smooth is not None:
+            float_onnx, report["smoothing"] = self._smoothed(job, module, out_dir)
+        with job.progress.step(f"quantize {plan.activations} activations / int8 weights "
+                               f"({len(job.feeds.calib)} calibration samples)"):
+            result = quantize_qdq(float_onnx.path, out_dir / "model.onnx", job.feeds.calib, plan)
+        with job.progress.step("check the graph is integer-only"):
+            check = check_integer_only(onnx.load(result.artifact.path))
+        with job.progress.step("HTP op coverage (QNN, CPU fallback disabled)"):
+            cov = qnn_htp.coverage(result.artifact.path)
+        report["calibration"] = {"source": job.feeds.calib_source, "observer": plan.observer,
+                                 "observers_chosen": result.observers}
+        report["precision"] = {**plan.to_dict(),
+                               "int16_why": plan.why_16bit if plan.activations == "uint16" else None}
+        report["npu"] = {"backend": self.backend, **cov.to_dict(),
+                         "coverage": cov.fraction, "integer_only": check.integer_only,
+                         "integer_violations": check.violations[:50],
+                         "int16_tensors": result.int16_reasons(check.int16_tensors)}
+        # the same QDQ file runs on ORT CPU too: measured beside the HTP, and alone when the HTP refuses it
+        art = Artifact(result.artifact.path, result.artifact.format,
+                       *((self.backend, ("ort-cpu",)) if cov.runs_fully else ("ort-cpu",)))
+        return Built([art], report)
+
+    def _smoothed(self, job: Build, module: torch.nn.Module, out_dir: Path) -> tuple[Artifact, dict]:
+        """The float graph the quantizer sees: smoothed, equivalent to `module`."""
+        from edgec.passes.smooth import smooth
+
+        with job.progress.step(f"smooth activation outliers (alpha {job.recipe.smooth.alpha})"):
+            result = smooth(module, job.calib_tensors(), job.recipe.smooth)
+            art = job.float_onnx(result.module, f"{out_dir.name}-smoothed.onnx")
+        return art, {**job.recipe.smooth.to_dict(), **result.to_dict()}
