@@ -22,14 +22,16 @@ def _row(report: dict) -> dict:
     acc = report["accuracy"]
     lat = report["latency_ms"]
     base = lat["float.onnx@ort-cpu"]
-    ratios = {f"{k} {label.split(' ')[0]}": round(t["median"] / base[label]["median"], 3)
-              for k, per in lat.items() if k != "float.onnx@ort-cpu" and not k.endswith("simulator")
-              for label, t in per.items()}
+    ratios = {f"{k} {label.split(' ')[0]} {mode}": round(t[mode]["median"] / base[label][mode]["median"], 3)
+              for k, per in lat.items() if k != "float.onnx@ort-cpu"
+              for label, t in per.items() for mode in ("hot", "cold")}
     row = {"model": report["model"]["name"], "target": report["target"],
            "metric": acc["metric"], "float": round(acc["float"], 4),
            **{f"acc {k}": round(v["value"], 4) for k, v in acc["per_runtime"].items()},
            **{f"size {k}": v for k, v in report["size_ratio"].items()},
            **{f"latency/float {k}": v for k, v in ratios.items()},
+           **{f"simulator wall ms {k}": round(next(iter(v.values()))["median"])
+              for k, v in report.get("simulator_wall_ms", {}).items()},
            "export s": report["export_seconds"]}
     if "pruning" in report:
         row["encoder params removed"] = report["pruning"]["removed_fraction"]

@@ -17,6 +17,24 @@ from edgec.errors import InputError
 RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}  # PIL's codes, as HF processors store them
 
 
+def spec_for(model_dir: Path, config) -> dict:
+    """The spec of a model directory: edgec's zoo format (preprocessor.json) or the HF image processor's."""
+    import json
+
+    if (model_dir / "preprocessor.json").is_file():
+        spec = json.loads((model_dir / "preprocessor.json").read_text())
+        n, size = spec["num_channels"], spec["image_size"]
+        return {"color": "L" if n == 1 else "RGB", "size": [size, size], "resample": "bilinear",
+                "rescale": 1 / 255, "mean": [spec["mean"]] * n, "std": [spec["std"]] * n}
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError):
+        raise InputError(f"{model_dir} has no image preprocessor (preprocessor_config.json): add one") from None
+    return spec_from_hf(processor, config.num_channels)
+
+
 def spec_from_hf(processor, channels: int) -> dict:
     """The spec of a resize-rescale-normalise processor (ViTImageProcessor and its kind)."""
     size = getattr(processor, "size", None) or {}

@@ -40,9 +40,27 @@ class ExecutorchSession:
         return [str(meta.input_tensor_meta(i)) for i in range(meta.num_inputs())]
 
 
+THREADS = 2  # as ORT CPU's sessions: timings of the two runtimes compare like for like
+_pool_sized = False
+
+
+def _threads() -> int | None:
+    """Size ExecuTorch's shared CPU threadpool once, before the first program is loaded (resizing it
+    later would pull it from under loaded XNNPACK delegates); the count in force."""
+    global _pool_sized
+    from edgec.runtimes.machine import executorch_threads, set_executorch_threads
+
+    if not _pool_sized:
+        _pool_sized = True
+        if executorch_threads() != THREADS:
+            return set_executorch_threads(THREADS)
+    return executorch_threads()
+
+
 def load(path: Path) -> ExecutorchSession:
     """Load the `forward` method of the program at `path`."""
     path = Path(path)
+    threads = _threads()
     if not path.is_file():
         raise BackendError(f"no .pte file at {path}; check the path or export the model to .pte first")
     try:
@@ -60,4 +78,4 @@ def load(path: Path) -> ExecutorchSession:
     except RuntimeError as e:
         raise BackendError(f"{path}: ExecuTorch could not load 'forward' ({e}); the program may need "
                            "a backend or kernels this runtime lacks, re-export it for XNNPACK") from e
-    return ExecutorchSession(program, method, path)
+    return ExecutorchSession(program, method, path, threads)

@@ -63,6 +63,11 @@ class Task:
             raise InputError(f"--token-budget {budget.budget} keeps every one of the model's {n} droppable tokens: "
                              f"give a count below {n} or a fraction")
 
+    def attach(self, model) -> dict[str, torch.Tensor]:
+        """Load what the task needs beside the weights (a tokenizer, a preprocessing spec); return a
+        probe input on which the rebuilt module must match the original."""
+        raise NotImplementedError
+
     def feeds(self, model, calib: Path | None, recipe) -> Feeds:
         raise NotImplementedError
 

@@ -35,6 +35,13 @@ class ImageClassification(Task):
                              "image and patch size; drop the option")
         super().check(config, recipe)
 
+    def attach(self, model) -> dict[str, torch.Tensor]:
+        from edgec.calibration.preprocess import spec_for
+
+        model.preprocess_spec = spec_for(model.source_dir, model.config)
+        c = model.config
+        return {"pixel_values": torch.randn(1, c.num_channels, c.image_size, c.image_size)}
+
     def feeds(self, model, calib: Path | None, recipe) -> Feeds:
         n_pool = pool_size(recipe)
         images = calibration_images(calib, n_pool, model.preprocess_file)

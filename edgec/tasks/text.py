@@ -48,6 +48,13 @@ class SentenceEmbedding(Task):
                              f"give --seq-len {positions} or less")
         super().check(config, recipe)
 
+    def attach(self, model) -> dict[str, torch.Tensor]:
+        from edgec.calibration.text import load_tokenizer
+
+        model.tokenizer = load_tokenizer(model.source_dir)
+        return {"input_ids": torch.randint(5, model.config.vocab_size, (1, 16)),
+                "attention_mask": torch.tensor([[1] * 12 + [0] * 4])}
+
     def feeds(self, model, calib: Path | None, recipe) -> Feeds:
         pool = calibration_texts(calib, pool_size(recipe))
         if not pool:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from edgec.calibration.preprocess import preprocess_file, spec_from_hf
+from edgec.calibration.preprocess import preprocess_file
 from edgec.errors import ExportError, InputError
 from edgec.models.hf import check_equivalent, family, from_hf
 from edgec.toolchain.zoo import ZOO
@@ -75,10 +75,7 @@ def _check_weights(path: Path) -> None:
                              "re-download or re-save the weights") from None
 
 
-TASKS = {"text": "feature-extraction", "image": "image-classification"}
-
-
-def _load_hf(path: Path, kind: str):
+def _load_hf(path: Path, task: str):
     """optimum's TasksManager picks the model class for the task from the config."""
     from optimum.exporters.tasks import TasksManager
     from transformers.utils import logging as hf_logging
@@ -89,27 +86,11 @@ def _load_hf(path: Path, kind: str):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             return TasksManager.get_model_from_task(
-                TASKS[kind], path, library_name="transformers", local_files_only=True,
+                task, path, library_name="transformers", local_files_only=True,
                 attn_implementation="eager").eval()
     except (OSError, ValueError, RuntimeError, KeyError) as e:
         raise InputError(f"cannot load the weights in {path} ({str(e).splitlines()[0][:200]}): "
                          "check that they match config.json") from None
-
-
-def _image_preprocess(path: Path, config) -> dict:
-    """The preprocessing spec: edgec's zoo format (preprocessor.json) or the HF image processor's."""
-    if (path / "preprocessor.json").is_file():
-        spec = json.loads((path / "preprocessor.json").read_text())
-        n, size = spec["num_channels"], spec["image_size"]
-        return {"color": "L" if n == 1 else "RGB", "size": [size, size], "resample": "bilinear",
-                "rescale": 1 / 255, "mean": [spec["mean"]] * n, "std": [spec["std"]] * n}
-    from transformers import AutoImageProcessor
-
-    try:
-        processor = AutoImageProcessor.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError):
-        raise InputError(f"{path} has no image preprocessor (preprocessor_config.json): add one") from None
-    return spec_from_hf(processor, config.num_channels)
 
 
 @dataclass(frozen=True)
@@ -144,18 +125,10 @@ def load(source: str | Source) -> LoadedModel:
     src = source if isinstance(source, Source) else inspect(source)
     path, config, kind, zoo = src.path, src.config, src.kind, src.zoo
     _check_weights(path)
-    hf = _load_hf(path, kind)
+    hf = _load_hf(path, src.task.name)
     module = from_hf(hf)
     model = LoadedModel(src.name, path, kind, module, config, zoo=zoo)
-    if kind == "text":
-        from edgec.calibration.text import load_tokenizer
-        model.tokenizer = load_tokenizer(path)
-        s = 16
-        probe = {"input_ids": torch.randint(5, config.vocab_size, (1, s)),
-                 "attention_mask": torch.tensor([[1] * 12 + [0] * 4])}
-    else:
-        model.preprocess_spec = _image_preprocess(path, config)
-        probe = {"pixel_values": torch.randn(1, config.num_channels, config.image_size, config.image_size)}
+    probe = src.task.attach(model)
     err = check_equivalent(hf, module, probe)
     if not err < 1e-3:
         raise ExportError(f"the rebuilt {config.model_type} graph differs from the original by {err:.2e}: "

@@ -39,31 +39,7 @@ def render_markdown(r: dict) -> str:
     lines += _compression(r)
     if "graph" in r:
         lines += ["## What the graph does", "", r["graph"], ""]
-    if "npu" in r:
-        n = r["npu"]
-        lines += ["## NPU", "",
-                  f"Backend: {n['backend']} (simulated on x86-64), CPU fallback disabled.", "",
-                  f"- HTP op coverage: {n['coverage']:.1%} ({n['htp_nodes']}/{n['total_nodes']} nodes); "
-                  f"runs whole on the HTP: {'yes' if n['runs_fully'] else 'no'}",
-                  f"- integer-only graph: {'yes' if n['integer_only'] else 'no'}",
-                  f"- 16-bit tensors: {len(n['int16_tensors'])} "
-                  f"({r['precision'].get('int16_why') or 'none'})", ""]
-        needed = [t for t in n["int16_tensors"] if t["reason"].startswith("needed")]
-        if needed:
-            lines += [f"{len(needed)} of them need 16 bits by their own range (8-bit SQNR below "
-                      f"30 dB); the worst:", ""]
-            lines += _table(["tensor", "8-bit SQNR (dB)"],
-                            [[t["tensor"], t["sqnr8_db"]] for t in
-                             sorted(needed, key=lambda t: t["sqnr8_db"])[:10]])
-        if n.get("unsupported_ops"):
-            shown = n["unsupported_ops"][:MAX_ROWS]
-            lines += _table(["node", "op", "reason", "rewrite that fixes it"],
-                            [[u["name"], u["op_type"], u["reason"], u["rewrite"]] for u in shown])
-            if len(n["unsupported_ops"]) > MAX_ROWS:
-                lines += [f"... and {len(n['unsupported_ops']) - MAX_ROWS} more in report.json.", ""]
-        if n.get("integer_violations"):
-            lines += _table(["node", "op", "why it is not integer-only"],
-                            [[v["node"], v["op"], v["reason"]] for v in n["integer_violations"][:MAX_ROWS]])
+    lines += npu_section(r)
     if "calibration" in r:
         c = r["calibration"]
         lines += ["## Calibration", "", f"Data: {c['source']}."]
@@ -72,6 +48,38 @@ def render_markdown(r: dict) -> str:
                          + ", ".join(f"{k} {v}" for k, v in c["observers_chosen"].items()) + ".")
         lines.append("")
     return "\n".join(lines)
+
+
+
+def npu_section(r: dict) -> list[str]:
+    """HTP coverage, the integer-only verdict, 16-bit tensors and every rejected node's fix."""
+    if "npu" not in r:
+        return []
+    n, lines = r["npu"], []
+    lines += ["## NPU", "",
+              f"Backend: {n['backend']} (simulated on x86-64), CPU fallback disabled.", "",
+              f"- HTP op coverage: {n['coverage']:.1%} ({n['htp_nodes']}/{n['total_nodes']} nodes); "
+              f"runs whole on the HTP: {'yes' if n['runs_fully'] else 'no'}",
+              f"- integer-only graph: {'yes' if n['integer_only'] else 'no'}",
+              f"- 16-bit tensors: {len(n['int16_tensors'])} "
+              f"({r['precision'].get('int16_why') or 'none'})", ""]
+    needed = [t for t in n["int16_tensors"] if t["reason"].startswith("needed")]
+    if needed:
+        lines += [f"{len(needed)} of them need 16 bits by their own range (8-bit SQNR below "
+                  f"30 dB); the worst:", ""]
+        lines += _table(["tensor", "8-bit SQNR (dB)"],
+                        [[t["tensor"], t["sqnr8_db"]] for t in
+                         sorted(needed, key=lambda t: t["sqnr8_db"])[:10]])
+    if n.get("unsupported_ops"):
+        shown = n["unsupported_ops"][:MAX_ROWS]
+        lines += _table(["node", "op", "reason", "rewrite that fixes it"],
+                        [[u["name"], u["op_type"], u["reason"], u["rewrite"]] for u in shown])
+        if len(n["unsupported_ops"]) > MAX_ROWS:
+            lines += [f"... and {len(n['unsupported_ops']) - MAX_ROWS} more in report.json.", ""]
+    if n.get("integer_violations"):
+        lines += _table(["node", "op", "why it is not integer-only"],
+                        [[v["node"], v["op"], v["reason"]] for v in n["integer_violations"][:MAX_ROWS]])
+    return lines
 
 
 def _latency(r: dict) -> list[str]:
@@ -98,8 +106,8 @@ def _latency(r: dict) -> list[str]:
             lines += [f"Simulator wall time of `{name}` ({label}): {t['median']:.0f} ms per run on this x86-64 "
                       "machine. This is the simulator's cost, not a device latency.", ""]
     lines += ["Runtimes:", ""]
-    lines += [f"- `{name}` {v['version'] or ''}: {v['description']}; threads: {v['threads']}"
-              for name, v in r["runtimes"].items()]
+    lines += [f"- `{name}` {v['version'] or ''}: {v['description']}; threads: "
+              f"{'set by the simulator' if v['simulated'] else v['threads']}" for name, v in r["runtimes"].items()]
     m = r["machine"]
     isa = ", ".join(k for k, v in m.get("isa", {}).items() if v) or "none of the listed"
     lines += ["", f"Machine: {m.get('cpu')}, {m.get('logical_cores')} logical cores; ISA: {isa}.", ""]

@@ -45,7 +45,8 @@ def test_minilm_padding_free_graph_is_faster_on_short_input(exported):
     report = json.loads((exported["minilm"] / "report.json").read_text())
     lat = report["latency_ms"]
     typical = next(k for k in lat["float.onnx@ort-cpu"] if k.startswith("typical"))
-    assert lat["model.onnx@ort-cpu"][typical]["median"] < lat["float.onnx@ort-cpu"][typical]["median"]
+    for mode in ("hot", "cold"):
+        assert lat["model.onnx@ort-cpu"][typical][mode]["median"] < lat["float.onnx@ort-cpu"][typical][mode]["median"]
     assert "Padding-free" in report["graph"]
 
 
@@ -60,7 +61,7 @@ def test_minilm_artifacts_run_on_plain_runtimes(exported):
     ids[0, :5] = [101, 7592, 2088, 999, 102]
     mask[0, :5] = 1
     a = ort_cpu.load(out / "model.onnx").run({"input_ids": ids, "attention_mask": mask})[0]
-    b = executorch.load(out / "model.pte").run([ids, mask])[0]
+    b = executorch.load(out / "model.pte").run({"input_ids": ids, "attention_mask": mask})[0]
     assert a.shape == b.shape == tuple(onnx_entry["outputs"][0]["shape"])
     pa, pb = a[0, :5].mean(0), b[0, :5].mean(0)
     assert float(pa @ pb / np.linalg.norm(pa) / np.linalg.norm(pb)) > 0.98
@@ -68,13 +69,57 @@ def test_minilm_artifacts_run_on_plain_runtimes(exported):
 
 
 def test_vit_token_budget_on_cpu_runtimes(run_cli, tmp_path):
+    """Without -q: progress goes to stderr, the report's path alone to stdout."""
+    from conftest import check_bundle
+
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps({"eval_samples": 100, "bench_runs": 2}))
     out = tmp_path / "vit"
-    code, _, err = run_cli("export", "vit-digits", "--target", "cpu", "-o", out, "--token-budget", "0.5",
-                           "--recipe", recipe, "-q")
+    code, stdout, err = run_cli("export", "vit-digits", "--target", "cpu", "-o", out, "--token-budget", "0.5",
+                                "--recipe", recipe)
     assert code == 0, err
+    assert stdout.strip() == str(out / "report.md")
+    assert "export int8 ExecuTorch program" in err and "golden vectors" in err and "Traceback" not in err
     report = json.loads((out / "report.json").read_text())
     assert report["token_budget"]["kept"] == 128
+    assert report["accuracy"]["per_runtime"]["model.onnx@ort-cpu"]["samples"] == 100  # eval_samples applies
     for value in report["accuracy"]["per_runtime"].values():
         assert value["value"] >= 0.9
+    check_bundle(run_cli, out)
+
+
+@pytest.mark.parametrize("name", ["vit-digits", "minilm"])
+def test_edgec_run_reproduces_golden_outputs(exported, run_cli, name):
+    from conftest import check_bundle
+
+    manifest = check_bundle(run_cli, exported[name])
+    pte = next(a for a in manifest["artifacts"] if a["path"] == "model.pte")
+    onnx_entry = next(a for a in manifest["artifacts"] if a["path"] == "model.onnx")
+    assert pte["outputs"] == [{**o, "quantization": None} for o in onnx_entry["outputs"]]
+
+
+def test_shipped_tokenizer_pads_and_truncates_to_the_export_length(exported):
+    from tokenizers import Tokenizer
+
+    out = exported["minilm"]
+    manifest = json.loads((out / "manifest.json").read_text())
+    tok = Tokenizer.from_file(str(out / manifest["tokenizer"]["path"]))
+    s = manifest["artifacts"][0]["inputs"][0]["shape"][1]
+    short, long = tok.encode("Hello world"), tok.encode("word " * 1000)
+    assert len(short.ids) == len(long.ids) == s == manifest["tokenizer"]["max_length"]
+    assert short.attention_mask[:4] == [1, 1, 1, 1] and short.attention_mask[-1] == 0
+    assert short.ids[-1] == manifest["tokenizer"]["pad_token_id"] and long.ids[-1] == 102  # [SEP] kept
+
+
+def test_edgec_run_prints_an_embedding(exported, run_cli):
+    code, stdout, err = run_cli("run", exported["minilm"], "--text", "Ein schöner Tag am Meer.", "-r", "executorch")
+    assert code == 0, err
+    assert "model.pte on executorch" in stdout and "384 dims" in stdout
+
+
+def test_cpu_target_refuses_npu_only_recipe_settings(run_cli, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("smooth: {alpha: 0.5}\n")
+    code, _, err = run_cli("export", "vit-digits", "--target", "cpu", "-o", tmp_path / "o", "--recipe", recipe, "-q")
+    assert code == 2 and "'smooth'" in err and "--target npu" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()

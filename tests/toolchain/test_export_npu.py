@@ -58,8 +58,33 @@ def test_vit_digits_top1_drop(exported):
 def test_latency_is_measured_for_float_and_artifact(exported, name):
     lat = json.loads((exported[name] / "report.json").read_text())["latency_ms"]
     for key in ("float.onnx@ort-cpu", "model.onnx@ort-cpu"):
-        for timing in lat[key].values():
-            assert timing["runs"] == FAST["bench_runs"] and 0 < timing["median"] <= timing["p90"]
+        for per_input in lat[key].values():
+            for mode in ("hot", "cold"):
+                timing = per_input[mode]
+                assert timing["runs"] == FAST["bench_runs"] and 0 < timing["median"] <= timing["p90"]
+    assert not [k for k in lat if "qnn-htp" in k]  # the simulator's time is no device latency
+
+
+def test_simulator_time_is_its_own_line_and_the_headline_is_the_htp(exported):
+    report = json.loads((exported["minilm"] / "report.json").read_text())
+    assert list(report["simulator_wall_ms"]) == ["model.onnx@qnn-htp"]
+    acc = report["accuracy"]
+    assert acc["headline"] == "model.onnx@qnn-htp"
+    assert acc["quantized"] == acc["per_runtime"]["model.onnx@qnn-htp"]["value"]
+    assert acc["per_runtime"]["model.onnx@qnn-htp"]["samples"] == FAST["htp_eval_samples"]
+    md = (exported["minilm"] / "report.md").read_text()
+    sim_lines = [line for line in md.splitlines() if "qnn-htp" in line and " ms " in line]
+    assert sim_lines and all("not a device latency" in line and "x)" not in line for line in sim_lines)
+    assert report["runtimes"]["ort-cpu"]["threads"] == 2
+    assert report["machine"]["cpu"] and "avx2" in report["machine"]["isa"]
+
+
+def test_htp_evaluates_32_sentences_by_default():
+    from edgec.tasks import TASKS
+    from edgec.toolchain.recipe import Recipe
+
+    assert Recipe().htp_eval_samples is None
+    assert TASKS["text"].simulator_eval_samples >= 32 and TASKS["image"].simulator_eval_samples >= 100
 
 
 def test_minilm_manifest(exported):
@@ -70,8 +95,43 @@ def test_minilm_manifest(exported):
     assert all(i["shape"] == [1, 128] and i["dtype"].startswith("int") for i in art["inputs"])
     assert art["outputs"][0]["name"] == "last_hidden_state" and art["outputs"][0]["shape"] == [1, 128, 384]
     assert art["outputs"][0]["quantization"]["dtype"] == "uint16"
-    for f in manifest["tokenizer"]["files"]:
-        assert (out / f).is_file()
+    assert manifest["pooling"] == {"method": "mean", "output": "last_hidden_state", "mask": "attention_mask"}
+
+
+@pytest.mark.parametrize("name", ["vit-digits", "minilm"])
+def test_edgec_run_reproduces_golden_outputs_on_the_htp_and_cpu(exported, run_cli, name):
+    from conftest import check_bundle
+
+    manifest = check_bundle(run_cli, exported[name])
+    assert manifest["artifacts"][0]["verified_on"] == ["qnn-htp", "ort-cpu"]
+
+
+def test_edgec_run_refuses_broken_bundles(exported, run_cli, tmp_path):
+    import shutil
+
+    def broken(change) -> tuple[int, str]:
+        copy = tmp_path / f"b{len(list(tmp_path.iterdir()))}"
+        shutil.copytree(exported["vit-digits"], copy)
+        change(copy)
+        code, _, err = run_cli("run", copy, "--check")
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and lines[0].startswith("edgec: error: ") and "Traceback" not in err
+        return lines[0]
+
+    def truncate(b):
+        data = (b / "model.onnx").read_bytes()
+        (b / "model.onnx").write_bytes(data[:len(data) // 2])
+
+    def drop_field(b):
+        m = json.loads((b / "manifest.json").read_text())
+        del m["artifacts"][0]["inputs"]
+        (b / "manifest.json").write_text(json.dumps(m))
+
+    assert "model.onnx" in broken(truncate) and "truncated" in broken(truncate)
+    assert "manifest.json" in broken(lambda b: (b / "manifest.json").write_text("{oops"))
+    assert "inputs" in broken(drop_field)
+    assert "golden" in broken(lambda b: shutil.rmtree(b / "golden"))
+    assert "no edgec bundle" in broken(lambda b: (b / "manifest.json").unlink())
 
 
 def test_report_md_renders_the_figures(exported):
@@ -111,7 +171,8 @@ def test_pruning_and_token_budget_compose_with_npu_quantization(run_cli, tmp_pat
     budget = report["token_budget"]
     assert budget["layer"] == 0 and budget["kept"] == 128 and budget["tokens_after"] < 257
     assert report["npu"]["runs_fully"] and report["npu"]["coverage"] == 1.0 and report["npu"]["integer_only"]
-    versus = report["compared_to_quantized_only"]["model.onnx@ort-cpu"]
+    versus = report["compared_to_quantized_only"]["model.onnx@qnn-htp"]
+    assert versus["latency_key"] == "model.onnx@ort-cpu"
     assert versus["bytes"] < versus["bytes_quantized_only"]
     assert set(versus) >= {"accuracy", "accuracy_quantized_only", "latency_vs_quantized_only", "latency_vs_float"}
     assert "quantized-only model.onnx@ort-cpu" in report["latency_ms"]
