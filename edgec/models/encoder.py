@@ -35,7 +35,8 @@ class Attention(nn.Module):
         self.v = nn.Linear(hidden, inner)
         self.o = nn.Linear(inner, hidden)
 
-    def forward(self, x: torch.Tensor, mask_add: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask_add: torch.Tensor | None, return_probs: bool = False):
+        """`return_probs` also returns the softmax probabilities [B, heads, S, S], which token dropping ranks by."""
         b, s, _ = x.shape
         q = self.q(x).view(b, s, self.heads, self.head_dim).permute(0, 2, 1, 3)
         k = self.k(x).view(b, s, self.heads, self.head_dim).permute(0, 2, 3, 1)
@@ -44,8 +45,9 @@ class Attention(nn.Module):
         scores = torch.matmul(q, k) / math.sqrt(self.head_dim)
         if mask_add is not None:
             scores = scores + mask_add
-        ctx = torch.matmul(scores.softmax(dim=-1), v)
-        return self.o(ctx.permute(0, 2, 1, 3).reshape(b, s, self.heads * self.head_dim))
+        probs = scores.softmax(dim=-1)
+        out = self.o(torch.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, s, self.heads * self.head_dim))
+        return (out, probs) if return_probs else out
 
 
 class Block(nn.Module):
@@ -61,13 +63,19 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(hidden, eps=eps)
         self.act_name, self.pre_norm = act, pre_norm
 
-    def forward(self, x: torch.Tensor, mask_add: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask_add: torch.Tensor | None, return_probs: bool = False):
+        """`return_probs` returns (out, the attention's probabilities) instead of out."""
         act = ACTIVATIONS[self.act_name]
+        h = self.ln1(x) if self.pre_norm else x
+        # passed only when set: attentions that pruning or training swap in need not take it
+        a, probs = self.attn(h, mask_add, return_probs=True) if return_probs else (self.attn(h, mask_add), None)
         if self.pre_norm:
-            x = x + self.attn(self.ln1(x), mask_add)
-            return x + self.fc2(act(self.fc1(self.ln2(x))))
-        x = self.ln1(x + self.attn(x, mask_add))
-        return self.ln2(x + self.fc2(act(self.fc1(x))))
+            x = x + a
+            out = x + self.fc2(act(self.fc1(self.ln2(x))))
+        else:
+            x = self.ln1(x + a)
+            out = self.ln2(x + self.fc2(act(self.fc1(x))))
+        return (out, probs) if return_probs else out
 
 
 class TextEncoder(nn.Module):

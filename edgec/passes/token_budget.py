@@ -17,9 +17,8 @@ tokens, 2.4 ms float, 8.1 ms QDQ) keeping half the patches after block 0 runs
 in 0.68x (float) and 0.59x (QDQ) of the full model's time; scoring, selection
 and the fused token are 0.18 and 0.43 ms of that (bench/token_budget_vit.py).
 
-Scores come from the softmax probabilities of block `layer` itself: this pass
-runs that block with the canonical block's weights and keeps its probabilities,
-which spares a second q/k projection. Every other block is the canonical one.
+Scores are the softmax probabilities of block `layer` itself, which the
+canonical block returns on request: no second q/k projection.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ import torch
 from torch import nn
 
 from edgec.config import ConfigDict
-from edgec.models.encoder import ACTIVATIONS, Block, TextEncoder, VisionEncoder
+from edgec.models.encoder import TextEncoder, VisionEncoder
 
 SCORES = ("received", "cls")
 SPECIALS = 2  # text: the first and the last real token ([CLS], [SEP]) are always kept
@@ -103,27 +102,6 @@ class TokenBudgetResult:
                 "notes": list(self.notes)}
 
 
-def block_with_probs(block: Block, x: torch.Tensor, mask_add: torch.Tensor | None):
-    """`Block.forward`, also returning its attention probabilities [B, heads, S, S]."""
-    attn, act = block.attn, ACTIVATIONS[block.act_name]
-    h = block.ln1(x) if block.pre_norm else x
-    b, s, _ = h.shape
-    q = attn.q(h).view(b, s, attn.heads, attn.head_dim).permute(0, 2, 1, 3)
-    k = attn.k(h).view(b, s, attn.heads, attn.head_dim).permute(0, 2, 3, 1)
-    v = attn.v(h).view(b, s, attn.heads, attn.head_dim).permute(0, 2, 1, 3)
-    scores = torch.matmul(q, k) * (attn.head_dim ** -0.5)
-    if mask_add is not None:
-        scores = scores + mask_add
-    probs = scores.softmax(dim=-1)
-    ctx = torch.matmul(probs, v).permute(0, 2, 1, 3).reshape(b, s, attn.heads * attn.head_dim)
-    a = attn.o(ctx)
-    if block.pre_norm:
-        x = x + a
-        return x + block.fc2(act(block.fc1(block.ln2(x)))), probs
-    x = block.ln1(x + a)
-    return block.ln2(x + block.fc2(act(block.fc1(x)))), probs
-
-
 def select(scores: torch.Tensor, k: int, fuse: bool):
     """The K best of scores [B, N]: indices [B, K] in sequence order; with `fuse`, also the
     others' scores and indices [B, N - K]. One TopK ranks all N, so the two sets partition N
@@ -183,7 +161,7 @@ class VisionTokenBudget(nn.Module):
         x = torch.cat([cls, x], dim=1) + enc.pos
         for block in enc.layers[:self.layer]:
             x = block(x, None)
-        x = self.drop(*block_with_probs(enc.layers[self.layer], x, None))
+        x = self.drop(*enc.layers[self.layer](x, None, return_probs=True))
         for block in enc.layers[self.layer + 1:]:
             x = block(x, None)
         return enc.head(enc.ln(x[:, 0]))
@@ -234,7 +212,7 @@ class TextTokenBudget(nn.Module):
         mask_add = ((1.0 - mask) * enc.mask_value)[:, None, None, :]
         for block in enc.layers[:self.layer]:
             x = block(x, mask_add)
-        x, probs = block_with_probs(enc.layers[self.layer], x, mask_add)
+        x, probs = enc.layers[self.layer](x, mask_add, return_probs=True)
         x, kept_mask = self.drop(x, probs, mask)
         mask_add = ((1.0 - kept_mask) * enc.mask_value)[:, None, None, :]
         for block in enc.layers[self.layer + 1:]:

@@ -120,6 +120,19 @@ def test_apply_rejects_mismatches():
         apply_token_budget(torch.nn.Linear(2, 2), TokenBudgetConfig(budget=0.5))
 
 
+@pytest.mark.parametrize("kind", ["vit", "bert"])
+def test_a_block_asked_for_probabilities_computes_the_same_output(kind):
+    """Token dropping scores with the block's own forward, so the deciding block is the canonical one."""
+    model = tiny_vit() if kind == "vit" else tiny_bert()
+    inputs = (images(1, seed=4),) if kind == "vit" else sentence(9, seed=4)
+    block_in = capture(model.layers[1], "in")
+    probs, out = reference_probs(model, 1, inputs, None if kind == "vit" else inputs[1][0])
+    with torch.no_grad():
+        got, got_probs = model.layers[1](*block_in[0], return_probs=True)
+    assert torch.equal(got[0], out)
+    torch.testing.assert_close(got_probs[0], probs, rtol=1e-6, atol=1e-6)
+
+
 # --- vision -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("budget", [1.0, PATCHES])
