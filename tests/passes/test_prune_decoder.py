@@ -2,6 +2,7 @@
 
 import copy
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -14,8 +15,7 @@ from edgec.exporters.onnx_float import export_onnx
 from edgec.exporters.onnx_qdq import quantize_qdq
 from edgec.models.decoder import Decoder
 from edgec.models.hf_llama import from_hf_llama
-from edgec.passes.prune import PruneConfig, prune
-from edgec.passes.prune_decoder import prune_decoder
+from edgec.passes.prune import PruneConfig, prune, prune_decoder
 from edgec.runtimes import ort_cpu, qnn_htp
 
 HIDDEN, HEADS, KV_HEADS, INTER, SEQ, VOCAB = 64, 4, 2, 128, 16, 128
@@ -137,12 +137,13 @@ def _constant_group(model: Decoder, layer: int, group: int, scale: float = 10.0)
         attn.o.weight[:, group * G * HEAD_DIM:(group + 1) * G * HEAD_DIM] *= scale
 
 
-def test_flap_drops_a_heavy_constant_group_that_magnitude_keeps():
+@pytest.mark.parametrize("score", ["output", "local"])
+def test_flap_drops_a_heavy_constant_group_that_magnitude_keeps(score):
     llama = tiny_llama()
     _constant_group(llama, layer=0, group=1)
     calib, held_out = ids(4, 0), ids(2, 1)
     ratio = GROUP_COST / prunable(llama)  # one group's worth
-    flap = prune(llama, calib, PruneConfig(ratio=ratio))
+    flap = prune(llama, calib, PruneConfig(ratio=ratio, score=score))
     mag = prune(llama, calib, PruneConfig(ratio=ratio, method="magnitude"))
     assert flap.layers[0].heads_removed == (2, 3) and not flap.layers[1].heads_removed
     assert "KV groups [1] removed" in flap.layers[0].notes[0]
@@ -169,6 +170,32 @@ def test_bias_compensation_restores_the_mean_of_pruned_channels():
         uncompensated.layers[1].down.bias.copy_(llama.layers[1].down.bias)
     with_comp, without = max_error(llama, res.module, held_out), max_error(llama, uncompensated, held_out)
     assert without > 0.1 and with_comp < without / 100, (with_comp, without)
+
+
+def test_steps_rescore_the_model_each_step_leaves(llama):
+    calib, config = ids(4, 0), PruneConfig(ratio=0.3, score="output", steps=2)
+    two = prune(llama, calib, config)
+    half = prune(llama, calib, replace(config, ratio=0.15, steps=1))
+    before, after = half.prunable_before, half.prunable_after
+    rest = prune(half.module, calib, replace(config, ratio=(0.3 * before - (before - after)) / after, steps=1))
+    got, want = two.module.state_dict(), rest.module.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in got)
+    assert two.steps_used == two.to_dict()["steps_used"] == 2
+    one = prune(llama, calib, replace(config, steps=1))
+    assert [l.channels_removed for l in one.layers] != [l.channels_removed for l in two.layers]
+
+
+def test_the_result_records_the_score_and_steps_used(llama):
+    calib = ids(4, 0)
+    res = {score: prune(llama, calib, PruneConfig(ratio=0.3, score=score, steps=1)) for score in ("output", "local")}
+    assert [l.channels_removed for l in res["output"].layers] != [l.channels_removed for l in res["local"].layers]
+    for score, r in res.items():
+        assert (r.score_used, r.steps_used) == (score, 1) and r.to_dict()["score_used"] == score
+        assert f"{score} score, 1 step," in r.explain()[0]
+    mag = prune(llama, calib, PruneConfig(ratio=0.3, method="magnitude"))  # score and steps are flap's
+    assert (mag.score_used, mag.steps_used) == ("magnitude", 1)
+    nothing = prune(llama, calib, PruneConfig(ratio=0.0))
+    assert (nothing.score_used, nothing.steps_used) == (None, 0)
 
 
 def test_prune_dispatches_a_decoder_and_leaves_the_input_untouched(llama):
