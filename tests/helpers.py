@@ -21,3 +21,26 @@ def padded_feeds(lengths, seq: int, seed: int = 0, vocab: int = 100) -> list[dic
         mask = (np.arange(seq) < n).astype(np.int64)[None]
         out.append({"input_ids": rng.integers(1, vocab, (1, seq)).astype(np.int64) * mask, "attention_mask": mask})
     return out
+
+
+def check_bundle(run_cli, out) -> dict:
+    """The bundle follows the manifest schema, and `edgec run --check` reproduces its golden outputs
+    on every artifact and runtime it was verified on (through the manifest alone)."""
+    import json
+
+    import jsonschema
+
+    from edgec.toolchain.manifest import schema
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    jsonschema.validate(manifest, schema())
+    for art in manifest["artifacts"]:
+        assert art["golden"]["runtimes"] == art["verified_on"]
+        for rt in art["verified_on"]:
+            # --runtime picks the first artifact verified there: check each such pair
+            if next(a for a in manifest["artifacts"] if rt in a["verified_on"]) is not art:
+                continue
+            code, stdout, err = run_cli("run", out, "--runtime", rt, "--check")
+            assert code == 0, err
+            assert f"{art['path']} on {rt}: {art['golden']['samples']} golden outputs reproduced" in stdout
+    return manifest

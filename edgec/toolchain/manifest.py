@@ -12,9 +12,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 
-import numpy as np
 import onnx
-from onnx import numpy_helper
 
 import edgec
 from edgec.errors import InputError
@@ -23,30 +21,28 @@ from edgec.exporters.artifact import Artifact
 SCHEMA_VERSION = 1
 
 
-def _quant(node: onnx.NodeProto | None, inits: dict) -> dict | None:
-    if node is None or len(node.input) < 3 or node.input[1] not in inits:
+def _quant(node) -> dict | None:
+    """The scale, zero point and dtype of a Q or DQ node with constant parameters."""
+    if node is None or len(node.inputs) < 3 or node.inputs[1].const_value is None:
         return None
-    scale = numpy_helper.to_array(inits[node.input[1]])
-    zp = numpy_helper.to_array(inits[node.input[2]])
+    scale, zp = node.inputs[1].const_value.numpy(), node.inputs[2].const_value.numpy()
     return {"scale": float(scale.ravel()[0]), "zero_point": int(zp.ravel()[0]), "dtype": str(zp.dtype)}
+
+
+def _spec(value, quant) -> dict:
+    return {"name": value.name, "dtype": str(value.dtype.numpy()),
+            "shape": [d if isinstance(d, int) else str(d) for d in value.shape], "quantization": quant}
 
 
 def onnx_io(path: Path) -> dict:
     """Names, dtypes, static shapes, and the Q/DQ parameters at the graph boundary."""
-    model = onnx.load(path, load_external_data=False)
-    g = model.graph
-    inits = {i.name: i for i in g.initializer}
-    q_of = {n.input[0]: n for n in g.node if n.op_type == "QuantizeLinear"}
-    dq_to = {n.output[0]: n for n in g.node if n.op_type == "DequantizeLinear"}
+    import onnx_ir as ir
 
-    def spec(v: onnx.ValueInfoProto, quant) -> dict:
-        t = v.type.tensor_type
-        return {"name": v.name,
-                "dtype": str(np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))),
-                "shape": [d.dim_value if d.HasField("dim_value") else d.dim_param for d in t.shape.dim],
-                "quantization": quant}
-    return {"inputs": [spec(v, _quant(q_of.get(v.name), inits)) for v in g.input],
-            "outputs": [spec(v, _quant(dq_to.get(v.name), inits)) for v in g.output]}
+    g = ir.from_proto(onnx.load(path, load_external_data=False)).graph
+    q_of = lambda v: next((n for n in v.consumers() if n.op_type == "QuantizeLinear"), None)
+    dq_to = lambda v: v.producer() if v.producer() and v.producer().op_type == "DequantizeLinear" else None
+    return {"inputs": [_spec(v, _quant(q_of(v))) for v in g.inputs],
+            "outputs": [_spec(v, _quant(dq_to(v))) for v in g.outputs]}
 
 
 def sha256(path: Path) -> str:

@@ -70,7 +70,7 @@ def test_minilm_artifacts_run_on_plain_runtimes(exported):
 
 def test_vit_token_budget_on_cpu_runtimes(run_cli, tmp_path):
     """Without -q: progress goes to stderr, the report's path alone to stdout."""
-    from conftest import check_bundle
+    from helpers import check_bundle
 
     recipe = tmp_path / "r.json"
     recipe.write_text(json.dumps({"eval_samples": 100, "bench_runs": 2}))
@@ -90,7 +90,7 @@ def test_vit_token_budget_on_cpu_runtimes(run_cli, tmp_path):
 
 @pytest.mark.parametrize("name", ["vit-digits", "minilm"])
 def test_edgec_run_reproduces_golden_outputs(exported, run_cli, name):
-    from conftest import check_bundle
+    from helpers import check_bundle
 
     manifest = check_bundle(run_cli, exported[name])
     pte = next(a for a in manifest["artifacts"] if a["path"] == "model.pte")

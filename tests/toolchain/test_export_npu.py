@@ -100,7 +100,7 @@ def test_minilm_manifest(exported):
 
 @pytest.mark.parametrize("name", ["vit-digits", "minilm"])
 def test_edgec_run_reproduces_golden_outputs_on_the_htp_and_cpu(exported, run_cli, name):
-    from conftest import check_bundle
+    from helpers import check_bundle
 
     manifest = check_bundle(run_cli, exported[name])
     assert manifest["artifacts"][0]["verified_on"] == ["qnn-htp", "ort-cpu"]

@@ -27,8 +27,14 @@ def test_sweep_tiny_grid(run_cli, tmp_path):
     for png in ("accuracy_vs_latency.png", "accuracy_vs_bytes.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
-    assert "accuracy_vs_latency.png" in md and "*" in md
+    assert "accuracy_vs_latency.png" in md
+    marked = {(float(cells[1]), float(cells[2])) for cells in
+              (line.split("|") for line in md.splitlines() if line.startswith("| ") and line.rstrip().endswith("* |"))}
+    assert marked == {(p["prune"], p["token_budget"]) for p in pareto(data["points"], "latency_ms")}
+    assert all(p["artifact"] == "model.onnx@ort-cpu" for p in data["points"])  # not the simulator
+    assert "`model.onnx@ort-cpu` (the runtime after the @)" in md
     for name in ("prune0-budget1", "prune0.2-budget0.5"):
         assert (out / "points" / name / "model.onnx").is_file()
     dropped = json.loads((out / "points" / "prune0.2-budget0.5" / "report.json").read_text())
     assert dropped["token_budget"]["layer"] == 0 and dropped["token_budget"]["kept"] == 128
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # published whole
