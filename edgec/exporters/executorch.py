@@ -104,6 +104,8 @@ def _export(module: torch.nn.Module, inputs: Inputs) -> torch.export.ExportedPro
                           "(no data-dependent Python control flow)") from e
 
 
+# ExecuTorch 1.5.1's PT2E_INT8_DYNAMIC_PER_CHANNEL recipe gives these linears bit for bit, but its tables stay float
+# (BigVocab 1,037,568 vs 286,336 B; torchao ones lack a kernel) and a partition cycle fails it (token budget, int8).
 def _quantize(program: torch.export.ExportedProgram, example_inputs: Inputs,
               calib_inputs: list[Inputs]) -> torch.export.ExportedProgram:
     """PT2E int8: insert observers, calibrate, fold to quantize/dequantize pairs, re-export."""

@@ -75,7 +75,7 @@ MODELS = ["TokenMLP", "TokenAttention"]
 def test_float_pte_matches_eager(programs, name):
     (pte, ref), ids = programs[0][name], programs[1]
     assert pte["float"].format == "pte" and pte["float"].runtime == "executorch"
-    (got,) = load(pte["float"].path).run([ids])
+    (got,) = load(pte["float"].path).run({"ids": ids})
     assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, atol=1e-4, rtol=0)
 
@@ -83,7 +83,7 @@ def test_float_pte_matches_eager(programs, name):
 @pytest.mark.parametrize("name", MODELS)
 def test_int8_pte_close_to_eager(programs, name):
     (pte, ref), ids = programs[0][name], programs[1]
-    (got,) = load(pte["int8"].path).run([ids])
+    (got,) = load(pte["int8"].path).run({"ids": ids})
     assert got.shape == ref.shape
     assert _cosine(got, ref) >= 0.99
     assert not np.allclose(got, ref, atol=1e-6)  # really quantized, not a float copy
@@ -147,7 +147,7 @@ def test_int8_embedding_table_shrinks_the_program(big_vocab):
 
 def test_int8_embedding_close_to_eager(big_vocab):
     _, _, pte, ref, ids = big_vocab
-    (got,) = load(pte["int8"].path).run([ids])
+    (got,) = load(pte["int8"].path).run({"ids": ids})
     assert got.shape == ref.shape
     assert _cosine(got, ref) >= 0.99
     assert not np.allclose(got, ref, atol=1e-6)
@@ -188,7 +188,7 @@ def test_int8_export_with_shared_tables_matches_eager(tmp_path):
     torch.manual_seed(0)
     model, ids = SharedTables().eval(), _vocab_ids(3, vocab=100)
     pte = export_pte(model, (_vocab_ids(0, vocab=100),), tmp_path / "m.pte")
-    (got,) = load(pte.path).run([ids.numpy()])
+    (got,) = load(pte.path).run({"ids": ids.numpy()})
     with torch.no_grad():
         assert _cosine(got, model(ids).numpy()) >= 0.99
 
@@ -221,7 +221,7 @@ def test_text_token_budget_lowers_and_matches_eager(tmp_path):
     ids = torch.randint(1, 100, (1, 16))
     mask = (torch.arange(16) < 11).to(torch.int64)[None]
     art = export_pte(model, (ids, mask), tmp_path / "tb.pte")
-    hidden, kept = load(art.path).run([ids, mask])
+    hidden, kept = load(art.path).run({"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
     ref_hidden, ref_kept = model(ids, mask)
     np.testing.assert_array_equal(kept, ref_kept.numpy())
     rows = ref_kept.numpy()[0] > 0

@@ -61,6 +61,15 @@ def _qdq_matmul(weight=None, weight_inits=None, mm_name="mm"):
     return _model([*xin, *weight, mm, *yq], [*xin_inits, *weight_inits, *y_inits])
 
 
+def _refused(check) -> list[tuple[str, str, str]]:
+    """(node, op, reason) of each violation of a graph that must not pass."""
+    assert check.integer_only is False and check.to_dict()["integer_only"] is False
+    return [(v["node"], v["op"], v["reason"]) for v in check.violations]
+
+
+NOT_PER_CHANNEL = "weights are not int8 per output channel"
+
+
 def test_qdq_matmul_with_per_channel_int8_weights_passes():
     check = check_integer_only(_qdq_matmul())
     assert check.integer_only, check.violations
@@ -71,19 +80,15 @@ def test_qdq_matmul_with_per_channel_int8_weights_passes():
 def test_float_weight_initializer_fails_and_names_the_node():
     w = _init("w", np.ones((K, N), np.float32))
     check = check_integer_only(_qdq_matmul(weight=[], weight_inits=[w], mm_name="fc_float"))
-    assert not check.integer_only
-    (v,) = check.violations
-    assert (v["node"], v["op"]) == ("fc_float", "MatMul")
-    assert "'w'" in v["reason"] and "float initializer" in v["reason"]
+    assert _refused(check) == [
+        ("fc_float", "MatMul", "float input 'w' comes from a float initializer, not from DequantizeLinear")]
 
 
 def test_float_output_that_is_not_requantized_fails():
     xin, inits = _q("x", "x_dq", "x")
     relu = helper.make_node("Relu", ["x_dq"], ["out"], name="relu_out")
     check = check_integer_only(_model([*xin, relu], inits, out_shape=(2, K)))
-    assert not check.integer_only
-    (v,) = check.violations
-    assert v["node"] == "relu_out" and "not quantized" in v["reason"]
+    assert _refused(check) == [("relu_out", "Relu", "float output 'out' is not quantized right away")]
 
 
 def test_float_output_read_by_a_float_op_fails_at_both_ends():
@@ -92,33 +97,32 @@ def test_float_output_read_by_a_float_op_fails_at_both_ends():
     nodes = [*xin, helper.make_node("Relu", ["x_dq"], ["r1"], name="relu1"),
              helper.make_node("Relu", ["r1"], ["r2"], name="relu2"), *yq]
     check = check_integer_only(_model(nodes, inits + y_inits, out_shape=(2, K)))
-    assert sorted(v["node"] for v in check.violations) == ["relu1", "relu2"]
+    assert _refused(check) == [("relu1", "Relu", "float output 'r1' is not quantized right away"),
+                               ("relu2", "Relu", "float input 'r1' comes from Relu, not from DequantizeLinear")]
 
 
 def test_per_tensor_int8_weights_fail():
     weight, inits = _weight_dq(scale_shape=())
     check = check_integer_only(_qdq_matmul(weight, inits))
-    assert not check.integer_only
-    (v,) = check.violations
-    assert v["node"] == "mm" and "per output channel" in v["reason"]
+    assert _refused(check) == [("mm", "MatMul", NOT_PER_CHANNEL)]
 
 
 def test_uint8_weights_fail():
     weight, inits = _weight_dq(dtype=np.uint8)
     check = check_integer_only(_qdq_matmul(weight, inits))
-    assert [v["reason"] for v in check.violations] == ["weights are not int8 per output channel"]
+    assert _refused(check) == [("mm", "MatMul", NOT_PER_CHANNEL)]
 
 
 def test_per_tensor_weights_with_a_one_element_scale_fail():
     weight, inits = _weight_dq(scale_shape=(1,), axis=1)
     check = check_integer_only(_qdq_matmul(weight, inits))
-    assert not check.integer_only
+    assert _refused(check) == [("mm", "MatMul", NOT_PER_CHANNEL)]
 
 
 def test_weights_quantized_along_the_reduction_axis_fail():
     weight, inits = _weight_dq(scale_shape=(K,), axis=0)
     check = check_integer_only(_qdq_matmul(weight, inits))
-    assert not check.integer_only
+    assert _refused(check) == [("mm", "MatMul", NOT_PER_CHANNEL)]
 
 
 def test_int16_quantized_tensors_are_listed():
@@ -151,14 +155,15 @@ def test_integer_input_cast_read_by_a_float_op_fails():
     nodes = [helper.make_node("Cast", ["ids"], ["ids_f"], name="cast_ids", to=TensorProto.FLOAT),
              helper.make_node("Relu", ["ids_f"], ["r"], name="relu"), *yq]
     check = check_integer_only(_model(nodes, y_inits, inputs=_ids_input(), out_shape=(2, K)))
-    assert sorted(v["node"] for v in check.violations) == ["cast_ids", "relu"]
+    assert _refused(check) == [("cast_ids", "Cast", "float output 'ids_f' is not quantized right away"),
+                               ("relu", "Relu", "float input 'ids_f' comes from Cast, not from DequantizeLinear")]
 
 
 def test_float_graph_input_read_by_a_compute_op_fails():
     yq, y_inits = _q("r", "out", "y")
     nodes = [helper.make_node("Relu", ["x"], ["r"], name="relu"), *yq]
-    (v,) = check_integer_only(_model(nodes, y_inits, out_shape=(2, K))).violations
-    assert v["node"] == "relu" and "graph input" in v["reason"]
+    check = check_integer_only(_model(nodes, y_inits, out_shape=(2, K)))
+    assert _refused(check) == [("relu", "Relu", "float input 'x' comes from a graph input, not from DequantizeLinear")]
 
 
 def test_unnamed_float_matmul_after_an_unnamed_input_cast_fails():
@@ -168,7 +173,9 @@ def test_unnamed_float_matmul_after_an_unnamed_input_cast_fails():
              helper.make_node("MatMul", ["x_dq", "w"], ["y"]), *yq]
     w = _init("w", np.ones((K, N), np.float32))
     check = check_integer_only(_model(nodes, [*inits, w, *y_inits], inputs=_ids_input()))
-    assert not check.integer_only
+    # the MatMul alone: the unnamed Cast is still the exempt input boundary
+    assert _refused(check) == [
+        ("", "MatMul", "float input 'w' comes from a float initializer, not from DequantizeLinear")]
 
 
 def test_a_quantized_text_encoder_is_integer_only(tmp_path):
@@ -184,7 +191,11 @@ def test_a_quantized_text_encoder_is_integer_only(tmp_path):
     feeds = [feed(n) for n in (11, 5, 16, 8)]
     export_onnx(module, feeds[0], ["last_hidden_state"], tmp_path / "float.onnx")
     float_check = check_integer_only(onnx.load(tmp_path / "float.onnx"))
-    assert not float_check.integer_only and len(float_check.violations) > 10
+    found = _refused(float_check)
+    float_weights = {node for node, op, reason in found if op == "MatMul" and "a float initializer" in reason}
+    assert len(float_weights) == 2 * 6  # q, k, v, o, fc1, fc2 per layer
+    assert ("/word/Gather", "Gather",
+            "float input 'word.weight' comes from a float initializer, not from DequantizeLinear") in found
     quantize_qdq(tmp_path / "float.onnx", tmp_path / "qdq.onnx", feeds, PrecisionPlan())
     check = check_integer_only(onnx.load(tmp_path / "qdq.onnx"))
     assert check.integer_only, check.violations[:5]

@@ -115,14 +115,18 @@ def test_vit_without_a_classification_head_is_unsupported():
         from_hf(hf)
 
 
-def test_vit_without_qkv_bias_rebuilds_or_is_unsupported():
+def test_vit_without_qkv_bias_rebuilds_with_zero_qkv_biases():
     hf = _vit(qkv_bias=False)
-    try:
-        ours = from_hf(hf)
-    except UnsupportedModelError:
-        return
+    assert not any(n.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")) for n, _ in hf.named_parameters())
+    ours = from_hf(hf)
+    for layer in ours.layers:
+        for proj in (layer.attn.q, layer.attn.k, layer.attn.v):
+            assert proj.bias.shape == (32,) and not proj.bias.any()
     pixels = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
     assert check_equivalent(hf, ours, {"pixel_values": pixels}) < TOL
+    with torch.no_grad():
+        want = hf(pixel_values=pixels).logits
+    assert (want[0] - want[1]).abs().max() > 1e-3  # the images are told apart
 
 
 def test_unsupported_model_type_lists_the_supported_families():

@@ -78,6 +78,8 @@ def test_vit_is_equivalent_in_float(alpha):
 def test_bert_is_equivalent_in_float(alpha):
     bert = tiny_bert()
     res = smooth(bert, bert_inputs(4, seed=0), SmoothConfig(alpha=alpha))
+    assert [(s.layer, s.site) for s in res.smoothed] == [(0, "vo"), (1, "vo")]
+    assert not torch.allclose(res.module.layers[0].attn.v.weight, bert.layers[0].attn.v.weight)
     assert_equivalent(bert, res.module, bert_inputs(3, seed=1))
 
 

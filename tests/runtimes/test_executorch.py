@@ -39,9 +39,9 @@ def test_truncated_program(tiny_pte, tmp_path):
 def test_runs_and_copies_outputs(tiny_pte):
     session = load(tiny_pte)
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
-    (first,) = session.run([x])
+    (first,) = session.run({"x": x})
     kept = first.copy()
-    (second,) = session.run([x[::-1]])  # non-contiguous input is accepted
+    (second,) = session.run({"x": x[::-1]})  # non-contiguous input is accepted
     np.testing.assert_array_equal(first, kept)
     assert not np.array_equal(first, second)
 
@@ -49,6 +49,6 @@ def test_runs_and_copies_outputs(tiny_pte):
 @pytest.mark.parametrize("bad", [np.zeros((2, 4), np.float64), np.zeros((1, 4), np.float32), None],
                          ids=["dtype", "shape", "count"])
 def test_wrong_inputs_name_the_expected_signature(tiny_pte, bad):
-    inputs = [] if bad is None else [bad]
+    inputs = {} if bad is None else {"x": bad}
     with pytest.raises(BackendError, match=r"expects .*sizes=\[2, 4\]"):
         load(tiny_pte).run(inputs)
