@@ -28,9 +28,10 @@ def render_markdown(r: dict) -> str:
     acc = r["accuracy"]
     lines += ["## Accuracy", "", f"Metric: {acc['metric']}, on {acc['data']}. Float: {acc['float']:.4f}. "
               f"Headline: **{acc['quantized']:.4f}** on `{acc['headline']}`.", ""]
-    rows = [[f"`{k}`", f"{v['value']:.4f}", f"{v['min']:.4f}" if "min" in v else "", v["samples"],
-             f"{v['seconds']} s"] for k, v in acc["per_runtime"].items()]
-    lines += _table(["artifact@runtime", "value", "worst sample", "samples", "time taken"], rows)
+    rows = [[f"`{k}`", f"{v['value']:.4f}", f"{v['float']:.4f}", f"{v['min']:.4f}" if "min" in v else "",
+             v["samples"], f"{v['seconds']} s"] for k, v in acc["per_runtime"].items()]
+    lines += _table(["artifact@runtime", "value", "float, same samples", "worst sample", "samples", "time taken"],
+                    rows)
     slow = [k for k in acc["per_runtime"] if r["runtimes"].get(k.rsplit("@", 1)[1], {}).get("simulated")]
     if slow:
         lines += [f"`{k}` runs on a simulator: {acc['per_runtime'][k]['samples']} held-out samples took "

@@ -7,7 +7,7 @@ import pytest
 
 from edgec.exporters.integer_check import check_integer_only
 
-FAST = {"eval_samples": 24, "bench_runs": 3, "calib_samples": 8, "htp_eval_samples": 2}
+FAST = {"eval_samples": 100, "bench_runs": 3, "calib_samples": 8, "htp_eval_samples": 2}
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,10 @@ def test_vit_digits_top1_drop(exported):
     acc = json.loads((exported["vit-digits"] / "report.json").read_text())["accuracy"]
     assert acc["metric"] == "top-1 accuracy"
     assert acc["float"] >= 0.95
-    assert acc["float"] - acc["quantized"] <= 0.01
+    cpu = acc["per_runtime"]["model.onnx@ort-cpu"]
+    assert cpu["samples"] == FAST["eval_samples"] and cpu["float"] - cpu["value"] <= 0.02
+    htp = acc["per_runtime"]["model.onnx@qnn-htp"]
+    assert htp["value"] == acc["quantized"] and htp["samples"] == FAST["htp_eval_samples"]
 
 
 @pytest.mark.parametrize("name", ["vit-digits", "minilm"])
