@@ -6,7 +6,6 @@ float weights were trained on.
 """
 
 import functools
-from pathlib import Path
 
 import numpy as np
 
@@ -42,15 +41,6 @@ def preprocess(images_0_to_16: np.ndarray) -> np.ndarray:
     r = _upsample_matrix(x.shape[-1])
     up = r @ x @ r.T
     return ((np.clip(up, 0.0, 1.0) - MEAN) / STD).astype(np.float32)
-
-
-def preprocess_image_file(path) -> np.ndarray:
-    """Load a PNG/JPEG as a [1, SIZE, SIZE] model input, for folders of user calibration images."""
-    from PIL import Image
-
-    with Image.open(Path(path)) as im:
-        x = np.asarray(im.convert("L"), dtype=np.float32) / 255.0
-    return ((np.clip(_resize(x), 0.0, 1.0) - MEAN) / STD)[None]
 
 
 def load_digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:

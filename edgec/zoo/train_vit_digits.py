@@ -171,8 +171,8 @@ this same float model on `test`.
 Raw pixels 0..16 are divided by 16, resized to {SIZE}x{SIZE} (PIL bilinear),
 clipped to [0, 1] and normalised with mean {MEAN}, std {STD}, giving float32
 values in [-1, 1], shape [N, 1, {SIZE}, {SIZE}] (see `preprocessor.json`).
-Image files (`preprocess_image_file`) are converted to grayscale, divided by
-255 and resized and normalised the same way.
+Image files are converted to grayscale, divided by 255 and resized and
+normalised the same way (the bundle manifest's `preprocess` spec).
 
 ## Training recipe
 - {EPOCHS} epochs, batch {BATCH}, AdamW (lr {LR}, weight decay {WEIGHT_DECAY})

@@ -7,7 +7,8 @@ from PIL import Image
 from transformers import ViTForImageClassification
 
 import edgec.zoo
-from edgec.calibration.digits import SIZE, load_digits_split, preprocess, preprocess_image_file
+from edgec.calibration.digits import SIZE, load_digits_split, preprocess
+from edgec.calibration.preprocess import preprocess_file, spec_for
 
 ZOO_VIT = Path(edgec.zoo.__file__).parent / "vit-digits"
 SIZES = {"train": 1197, "calib": 200, "test": 400}
@@ -54,7 +55,8 @@ def test_image_file_matches_array_preprocessing(tmp_path):
     raw = np.zeros((8, 8), dtype=np.uint8)
     raw[2:6, 3] = 255
     Image.fromarray(raw).save(tmp_path / "one.png")
-    x = preprocess_image_file(tmp_path / "one.png")
+    config = ViTForImageClassification.config_class.from_pretrained(ZOO_VIT)
+    x = preprocess_file(spec_for(ZOO_VIT, config), tmp_path / "one.png")  # the spec a bundle ships
     assert x.shape == (1, SIZE, SIZE) and x.dtype == np.float32
     np.testing.assert_allclose(x[0], preprocess(raw / 255.0 * 16), atol=1e-6)
 
