@@ -5,11 +5,16 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# pyproject.toml requires 3.11: python3.11, else python3 if it is 3.11 (override: make PYTHON=...).
+IS_311 := -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
+PYTHON ?= $(firstword $(foreach p,python3.11 python3,$(shell $(p) $(IS_311) >/dev/null 2>&1 && echo $(p))))
+NEED_311 := edgec needs Python 3.11: install python3.11 (apt-get install python3.11 python3.11-venv)
 
 .PHONY: install demo test bench clean
 
 $(STAMP): pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	@test -x $(PY) || { test -n "$(PYTHON)" && $(PYTHON) $(IS_311) 2>/dev/null; } || { echo "$(NEED_311)" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
 	touch $(STAMP)
@@ -23,8 +28,9 @@ demo: install
 test: install
 	$(PY) -m pytest -q
 
+# every bench script in one run, one table at the end; BENCH_ARGS=--quick for a short tour
 bench: install
-	$(PY) -m bench.run_all
+	$(PY) -m bench.run_all $(BENCH_ARGS)
 
 clean:
 	rm -rf out build .pytest_cache
