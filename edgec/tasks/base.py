@@ -49,6 +49,11 @@ class Task:
         """How many tokens a token budget chooses among."""
         raise NotImplementedError
 
+    def budget_size(self, config, recipe) -> int:
+        """What `apply_token_budget` is told the model's size is (a text model's full sequence length,
+        an image model's patch count)."""
+        raise NotImplementedError
+
     def check(self, config, recipe) -> None:
         """Refuse settings this model cannot honour, before any work starts."""
         budget = recipe.token_budget

@@ -29,6 +29,9 @@ class ImageClassification(Task):
     def tokens(self, config, recipe) -> int:
         return (config.image_size // config.patch_size) ** 2
 
+    def budget_size(self, config, recipe) -> int:
+        return self.tokens(config, recipe)
+
     def check(self, config, recipe) -> None:
         if recipe.seq_len is not None:
             raise InputError("--seq-len is for text models: an image model's token count comes from its "

@@ -10,11 +10,11 @@ import torch
 from edgec.calibration.source import calibration_texts
 from edgec.calibration.text import builtin_sentences, encode_fixed, fixed_length
 from edgec.errors import InputError
+from edgec.passes.token_budget import SPECIALS
 from edgec.tasks.base import Feed, Feeds, Outputs, Task, pool_size, rows
 from edgec.toolchain.evaluate import cosine, pooled
 
 DEFAULT_SEQ_LEN = 128
-SPECIALS = 2  # [CLS] and [SEP]: never dropped by a token budget
 GOLDEN_SENTENCES = 3
 
 
@@ -40,6 +40,9 @@ class SentenceEmbedding(Task):
 
     def tokens(self, config, recipe) -> int:
         return seq_len(recipe) - SPECIALS
+
+    def budget_size(self, config, recipe) -> int:
+        return seq_len(recipe)
 
     def check(self, config, recipe) -> None:
         s, positions = seq_len(recipe), config.max_position_embeddings

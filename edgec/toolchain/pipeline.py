@@ -98,7 +98,7 @@ class Export:
             self.report["pruning"] = {**self.recipe.prune.to_dict(), **result.to_dict()}
         if self.recipe.token_budget is not None:
             from edgec.passes.token_budget import apply_token_budget
-            size = self.task.tokens(self.model.config, self.recipe)
+            size = self.task.budget_size(self.model.config, self.recipe)
             with self.progress.step(f"token budget {self.recipe.token_budget.budget}"):
                 result = apply_token_budget(module, self.recipe.token_budget, size)
             if result.changed:
