@@ -28,6 +28,12 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _quiet_torch() -> None:
+    import torch  # noqa: F401  (torch resets its loggers on import; quiet them after)
+
+    logging.getLogger("torch").setLevel(logging.ERROR)
+
+
 def _fail(message: str) -> None:
     click.echo(f"edgec: error: {message}", err=True)
     sys.exit(EXIT_USER_ERROR)
@@ -60,9 +66,7 @@ def cli() -> None:
 def export(model, target, out, calib, calib_samples, seq_len, prune_ratio, prune_method, token_budget,
            token_layer, recipe, quiet) -> None:
     """Export MODEL (a zoo name or a Hugging Face directory) for --target."""
-    import torch  # noqa: F401  (torch resets its loggers on import; quiet them after)
-
-    logging.getLogger("torch").setLevel(logging.ERROR)
+    _quiet_torch()
     from edgec.toolchain.pipeline import export as run_export
     from edgec.toolchain.progress import Progress
     from edgec.toolchain.recipe import load_recipe
@@ -138,9 +142,7 @@ def _token_budget(recipe, **changes):
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def sweep(model, target, out, ratios, budgets, token_layer, prune_method, calib, recipe, quiet) -> None:
     """Export MODEL at every pruning ratio x token budget and plot the trade-offs."""
-    import torch  # noqa: F401  (torch resets its loggers on import; quiet them after)
-
-    logging.getLogger("torch").setLevel(logging.ERROR)
+    _quiet_torch()
     from edgec.toolchain.progress import Progress
     from edgec.toolchain.recipe import load_recipe
     from edgec.toolchain.sweep import sweep as run_sweep
@@ -175,6 +177,7 @@ def sweep(model, target, out, ratios, budgets, token_layer, prune_method, calib,
 @click.option("--check", is_flag=True, help="Run the bundle's golden inputs and compare with its golden outputs.")
 def run(bundle, text, image, runtime, check) -> None:
     """Run a bundle through its manifest alone, as an app would."""
+    _quiet_torch()
     from edgec.toolchain.bundle import check_golden, open_bundle
 
     b = open_bundle(bundle)
