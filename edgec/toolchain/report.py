@@ -138,9 +138,9 @@ def _compression(r: dict) -> list[str]:
     for key, v in r.get("compared_to_quantized_only", {}).items():
         line = (f"`{key}`: accuracy {v['accuracy']:.4f} (quantized only: {v['accuracy_quantized_only']:.4f}), "
                 f"{v['bytes']:,} bytes (quantized only: {v['bytes_quantized_only']:,})")
-        if "latency_key" in v:
+        if "latency_vs_float" in v:
             fmt = lambda d: ", ".join(f"{k} {x['hot']:.2f}x hot, {x['cold']:.2f}x cold" for k, x in d.items())
-            line += (f"; latency of `{v['latency_key']}` vs quantized only: {fmt(v['latency_vs_quantized_only'])}"
+            line += (f"; latency vs quantized only: {fmt(v['latency_vs_quantized_only'])}"
                      f"; vs float: {fmt(v['latency_vs_float'])}")
         lines += [line + ".", ""]
     return lines

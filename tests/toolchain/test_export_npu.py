@@ -174,8 +174,7 @@ def test_pruning_and_token_budget_compose_with_npu_quantization(run_cli, tmp_pat
     budget = report["token_budget"]
     assert budget["layer"] == 0 and budget["kept"] == 128 and budget["tokens_after"] < 257
     assert report["npu"]["runs_fully"] and report["npu"]["coverage"] == 1.0 and report["npu"]["integer_only"]
-    versus = report["compared_to_quantized_only"]["model.onnx@qnn-htp"]
-    assert versus["latency_key"] == "model.onnx@ort-cpu"
+    versus = report["compared_to_quantized_only"]["model.onnx@ort-cpu"]  # both on the same real runtime
     assert versus["bytes"] < versus["bytes_quantized_only"]
     assert set(versus) >= {"accuracy", "accuracy_quantized_only", "latency_vs_quantized_only", "latency_vs_float"}
     assert "quantized-only model.onnx@ort-cpu" in report["latency_ms"]
