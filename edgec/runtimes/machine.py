@@ -29,7 +29,7 @@ def _cpuinfo(path: Path = Path("/proc/cpuinfo")) -> dict[str, str]:
     return fields
 
 
-def _version(package: str) -> str | None:
+def package_version(package: str) -> str | None:
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -47,7 +47,7 @@ def machine_info() -> dict:
         "isa": {flag: flag in flags for flag in ISA_FLAGS},
         "llc_bytes": llc_bytes(default=None),
         "python": platform.python_version(),
-        "runtimes": {name: _version(name) for name in RUNTIME_PACKAGES},
+        "runtimes": {name: package_version(name) for name in RUNTIME_PACKAGES},
     }
 
 

@@ -195,15 +195,11 @@ class Export:
         self.report["runtimes"] = {rt: self._runtime_info(rt) for rt in sorted(used)}
 
     def _runtime_info(self, name: str) -> dict:
-        from importlib.metadata import PackageNotFoundError, version
+        from edgec.runtimes.machine import package_version
 
         rt = runtimes.runtime(name)
         threads = {s.threads for (path, r), s in self.sessions.items() if r == name}
-        try:
-            v = version(rt.package)
-        except PackageNotFoundError:
-            v = None
-        return {"description": rt.description, "version": v, "simulated": rt.simulated,
+        return {"description": rt.description, "version": package_version(rt.package), "simulated": rt.simulated,
                 "threads": threads.pop() if len(threads) == 1 else sorted(threads, key=str)}
 
 
@@ -269,7 +265,8 @@ def export_into(prepared: Prepared, work: Path, scratch: Path, recipe: Recipe, p
     body = exp.build()
     task_fields = model.task.bundle(model, recipe, exp.output_names, work)
     with progress.step(f"golden vectors ({len(prepared.feeds.golden)} inputs per artifact and runtime)"):
-        golden = {a.path.name: write_golden(work, a, prepared.feeds, exp.session, exp.output_names) for a in exp.artifacts}
+        golden = {a.path.name: write_golden(work, a, prepared.feeds, exp.session, exp.output_names)
+                  for a in exp.artifacts}
     manifest = build_manifest(model, target.name, exp.artifacts, work, task_fields, golden)
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
     report = {

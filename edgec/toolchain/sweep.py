@@ -31,7 +31,8 @@ def _point(report: dict, ratio: float, budget: float | int) -> dict:
     return {"prune": ratio, "token_budget": budget, "accuracy": report["accuracy"]["per_runtime"][main]["value"],
             "latency_ms": hot, "latency_cold_ms": latency[first_input]["cold"]["median"],
             "latency_input": first_input,
-            "latency_vs_float": round(hot / report["latency_ms"]["float.onnx@ort-cpu"][first_input]["hot"]["median"], 3),
+            "latency_vs_float": round(hot / report["latency_ms"]["float.onnx@ort-cpu"][first_input]["hot"]["median"],
+                                      3),
             "bytes": art["bytes"], "artifact": main,
             "htp_coverage": report.get("npu", {}).get("coverage")}
 
