@@ -44,8 +44,8 @@ def test_minilm_accuracy_and_size(exported):
     assert acc["quantized"] >= 0.99
     assert acc["per_runtime"]["model.onnx@qnn-htp"]["value"] >= 0.99
     assert report["size_ratio"]["model.onnx"] <= 0.30
-    # the float graph is MiniLM's 22.7M float32 parameters; the artifact a quarter of it
-    assert 22.5e6 * 4 < report["float_bytes"] < 23.5e6 * 4
+    # the float graph holds MiniLM's encoder (22.7M parameters with the unused pooler) in float32
+    assert 22e6 * 4 < report["float_bytes"] < 23e6 * 4
 
 
 def test_vit_digits_top1_drop(exported):
