@@ -25,7 +25,7 @@ def _edgec_temp() -> set[str]:
 def test_sigterm_mid_export_cleans_up(tmp_path):
     out = tmp_path / "out"
     before = _edgec_temp()
-    proc = subprocess.Popen([*EDGEC, "export", "minilm", "--target", "npu", "-o", str(out), "-q"],
+    proc = subprocess.Popen([*EDGEC, "export", "vit-digits", "--target", "npu", "-o", str(out), "-q"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240
     # wait until the export is writing: its hidden work folder holds files
@@ -48,7 +48,8 @@ def small_disk(tmp_path):
         pytest.skip("mounting a size-limited tmpfs needs root")
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=10m", "tmpfs", str(mnt)],
+    # smaller than vit-digits' float graph (0.9 MB): the export runs out of space on its first file
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
                       capture_output=True).returncode:
         pytest.skip("this sandbox does not allow mounting a tmpfs")
     yield mnt
@@ -57,7 +58,7 @@ def small_disk(tmp_path):
 
 def test_full_disk_is_one_line_naming_the_path_and_the_space(small_disk):
     out = small_disk / "out"
-    proc = subprocess.run([*EDGEC, "export", "minilm", "--target", "npu", "-o", str(out), "-q"],
+    proc = subprocess.run([*EDGEC, "export", "vit-digits", "--target", "npu", "-o", str(out), "-q"],
                           capture_output=True, text=True, timeout=600)
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 2, proc.stderr
