@@ -97,8 +97,8 @@ class Task:
         """What a person wants to see of one run's outputs."""
         raise NotImplementedError
 
-    def agreement(self, expected: Outputs, got: Outputs, feed: Feed, manifest: dict) -> tuple[str, float, bool]:
-        """How one run compares with a golden output: (measure, value, passes)."""
+    def agreement(self, expected: Outputs, got: Outputs, feed: Feed, manifest: dict) -> tuple[str, bool]:
+        """How one run compares with a golden output: (what was measured, in words; whether it passes)."""
         raise NotImplementedError
 
 

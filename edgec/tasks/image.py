@@ -99,6 +99,6 @@ class ImageClassification(Task):
         labels = manifest.get("labels", {})
         return [f"{labels.get(str(i), f'class {i}')}: {p[i]:.4f}" for i in np.argsort(-p)[:TOP]]
 
-    def agreement(self, expected: Outputs, got: Outputs, feed: Feed, manifest: dict) -> tuple[str, float, bool]:
+    def agreement(self, expected: Outputs, got: Outputs, feed: Feed, manifest: dict) -> tuple[str, bool]:
         a, b = int(expected[0].argmax()), int(got[0].argmax())
-        return "top-1", float(b), a == b
+        return f"top-1 class {b} (golden {a})", a == b

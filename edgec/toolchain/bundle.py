@@ -65,7 +65,7 @@ def _check_file(root: Path, art: dict) -> None:
                          "changed; re-export the bundle")
 
 
-def check_golden(bundle: Bundle, art: dict, runtime: str) -> list[tuple[str, float, bool]]:
+def check_golden(bundle: Bundle, art: dict, runtime: str) -> list[tuple[str, bool]]:
     """Each golden input through `art` on `runtime`, compared with the output edgec recorded there."""
     if runtime not in art["golden"]["runtimes"]:
         raise InputError(f"{art['path']} has no golden outputs for '{runtime}' "
