@@ -93,9 +93,9 @@ def graph_note(module: nn.Module) -> str:
                 "zeros to the padded rows of last_hidden_state, so a short sentence costs its own length. "
                 "It assumes padding carries mask 0 (any mask works; right padding is what the tokenizer "
                 "gives). Attention, SkipLayerNorm and BiasGelu are fused by ONNX Runtime and the MatMuls "
-                "run as int8 (per-channel weights, activations quantized per call).")
+                "run as int8 (per-channel weights in a 7-bit range, activations quantized per call).")
     return ("ONNX Runtime fuses SkipLayerNorm and BiasGelu; every MatMul runs as int8 "
-            "(per-channel weights, activations quantized per call).")
+            "(per-channel weights in a 7-bit range, activations quantized per call).")
 
 
 def export_cpu_int8(module: nn.Module, example_inputs: dict[str, np.ndarray], out_path: Path,
