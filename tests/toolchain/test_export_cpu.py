@@ -91,9 +91,10 @@ def test_vit_token_budget_on_cpu_runtimes(run_cli, tmp_path):
 
 @pytest.mark.parametrize("name", ["vit-digits", "minilm"])
 def test_edgec_run_reproduces_golden_outputs(exported, run_cli, name):
-    from helpers import check_bundle
+    from helpers import check_bundle, replay_golden_with_plain_engines
 
     manifest = check_bundle(run_cli, exported[name])
+    assert replay_golden_with_plain_engines(exported[name]) == 6  # 3 inputs x (model.onnx, model.pte)
     pte = next(a for a in manifest["artifacts"] if a["path"] == "model.pte")
     onnx_entry = next(a for a in manifest["artifacts"] if a["path"] == "model.onnx")
     assert pte["outputs"] == [{**o, "quantization": None} for o in onnx_entry["outputs"]]

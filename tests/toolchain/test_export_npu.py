@@ -104,10 +104,11 @@ def test_minilm_manifest(exported):
 
 @pytest.mark.parametrize("name", ["vit-digits", "minilm"])
 def test_edgec_run_reproduces_golden_outputs_on_the_htp_and_cpu(exported, run_cli, name):
-    from helpers import check_bundle
+    from helpers import check_bundle, replay_golden_with_plain_engines
 
     manifest = check_bundle(run_cli, exported[name])
     assert manifest["artifacts"][0]["verified_on"] == ["qnn-htp", "ort-cpu"]
+    assert replay_golden_with_plain_engines(exported[name]) == 3  # the QDQ file on plain ONNX Runtime
 
 
 def test_edgec_run_refuses_broken_bundles(exported, run_cli, tmp_path):
