@@ -60,11 +60,9 @@ def atomic_dir(out: Path, needs_bytes: int | None = None) -> Iterator[tuple[Path
     except BaseException as e:
         shutil.rmtree(work, ignore_errors=True)
         shutil.rmtree(scratch, ignore_errors=True)
-        full = _no_space(e)
-        if full is None:
+        if _no_space(e) is None:
             raise
-        where = Path(full.filename).parent if isinstance(full.filename, str) else out.parent
-        free = shutil.disk_usage(where if where.exists() else out.parent).free
+        free = shutil.disk_usage(out.parent).free  # work, scratch and temp files all live there
         need = f"about {needs_bytes / 1e6:,.0f} MB" if needs_bytes else "more"
         raise InputError(f"no space left on the disk of {out.parent} ({free / 1e6:,.1f} MB free): the export "
                          f"needs {need} there while it runs; free space or give -o on another disk") from None
