@@ -7,7 +7,7 @@ from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
 from edgec.errors import BackendError
-from edgec.runtimes import ort_cpu, qnn_htp
+from edgec.runtimes import qnn_htp
 from edgec.runtimes.htp_rewrites import FALLBACK, rewrite_for
 
 RNG_SEED = 0
