@@ -9,15 +9,22 @@ length alone, with a modest constant instead of float-minimum, and cos/sin
 come from precomputed tables sliced by constants.
 
 Attention is split into `project` (q, k, v with RoPE applied) and `attend`
-(explicit k/v of any length), so a KV-cache path can put cached keys and
-values between the two.
+(explicit k/v of any length). `Decoder.run` puts a `KVCache` callback between
+the two: each export contract (a growing cache for ONNX Runtime GenAI, a static
+buffer for ExecuTorch, cache-in/new-entries-out for the NPU) is one small
+callback over the same layers.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+# (layer index, new keys, new values) -> the keys and values to attend over
+KVCache = Callable[[int, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 class RMSNorm(nn.Module):
@@ -75,7 +82,7 @@ class Attention(nn.Module):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                mask_add: torch.Tensor) -> torch.Tensor:
-        """q [B, heads, S, D], k/v [B, kv_heads, T, D], mask_add [S, T] -> [B, S, hidden].
+        """q [B, heads, S, D], k/v [B, kv_heads, T, D], mask_add [S, T] or [B, 1, S, T] -> [B, S, hidden].
 
         The query heads of a group are stacked along the rows ([B, kv_heads, g*S, D]), so each
         KV head is used as is: no repeated copies of k/v, and every tensor stays 4-D.
@@ -84,7 +91,7 @@ class Attention(nn.Module):
         g = self.heads // self.kv_heads
         q = q.reshape(b, self.kv_heads, g * s, d)
         scores = torch.matmul(q, k.transpose(2, 3)) * (d ** -0.5)
-        scores = scores + torch.cat([mask_add] * g)  # row (i, s) of the group is query position s
+        scores = scores + torch.cat([mask_add] * g, dim=-2)  # row (i, s) of the group is query position s
         ctx = torch.matmul(scores.softmax(dim=-1), v)
         ctx = ctx.reshape(b, self.heads, s, d).transpose(1, 2)
         return self.o(ctx.reshape(b, s, self.heads * d))
@@ -149,9 +156,17 @@ class Decoder(nn.Module):
         s = input_ids.shape[1]
         if s > self.max_pos:
             raise ValueError(f"sequence length {s} exceeds max_pos {self.max_pos}")
-        cos, sin = self.rope_cos[:s], self.rope_sin[:s]
-        mask_add = causal_mask(s, s, self.mask_value)
+        return self.run(input_ids, self.rope_cos[:s], self.rope_sin[:s], causal_mask(s, s, self.mask_value))
+
+    def run(self, input_ids: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask_add: torch.Tensor,
+            cache: KVCache | None = None) -> torch.Tensor:
+        """Logits for `input_ids` at the positions `cos`/`sin` belong to; `cache` turns each layer's
+        new keys and values into the ones attended over (with no cache: just the new ones)."""
         x = self.embed(input_ids)
-        for layer in self.layers:
-            x = layer(x, cos, sin, mask_add)
+        for i, layer in enumerate(self.layers):
+            q, k, v = layer.attn.project(layer.attn_norm(x), cos, sin)
+            if cache is not None:
+                k, v = cache(i, k, v)
+            x = x + layer.attn.attend(q, k, v, mask_add)
+            x = x + layer.mlp(x)
         return self.lm_head(self.norm(x))

@@ -1,4 +1,7 @@
-"""Rebuild a Hugging Face `LlamaForCausalLM` as the canonical `Decoder`."""
+"""Rebuild a Hugging Face Llama or Qwen2 causal LM as the canonical `Decoder`.
+
+Qwen2 is Llama with biases on q, k and v: the same table maps both.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ _LAYER = {"attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": 
           "down": "mlp.down_proj", "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
 _ROPE_TYPES = {"default"}  # others (linear, dynamic, yarn, llama3, longrope) rescale frequencies
 _ACTIVATIONS = {"silu", "swish"}
+DECODER_TYPES = ("llama", "qwen2")
 
 
 def _rope_theta(config) -> float:
@@ -28,16 +32,20 @@ def _rope_theta(config) -> float:
 def from_hf_llama(hf_model: nn.Module) -> Decoder:
     """Canonical decoder with the HF model's weights (eval mode, float32)."""
     config = hf_model.config
-    if config.model_type != "llama":
-        raise UnsupportedModelError(f"model type '{config.model_type}' is not supported here: expected a llama model")
+    if config.model_type not in DECODER_TYPES:
+        raise UnsupportedModelError(f"model type '{config.model_type}' is not supported here: expected one of "
+                                    f"{', '.join(DECODER_TYPES)}")
+    if getattr(config, "use_sliding_window", False):
+        raise UnsupportedModelError("sliding-window attention is not supported: export a model with "
+                                    "use_sliding_window false")
     if config.hidden_act not in _ACTIVATIONS:
         raise UnsupportedModelError(f"activation '{config.hidden_act}' is not supported: Llama decoders use silu")
     rope_theta = _rope_theta(config)
     state = {k: v.detach().float() for k, v in hf_model.state_dict().items()}
     tied = bool(config.tie_word_embeddings)
     if "model.embed_tokens.weight" not in state or ("lm_head.weight" not in state and not tied):
-        raise UnsupportedModelError("this model has no language-model head: export a LlamaForCausalLM")
-    head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
+        raise UnsupportedModelError("this model has no language-model head: export a ...ForCausalLM")
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     n = config.num_hidden_layers
     layers = [{"heads": state[f"model.layers.{i}.self_attn.q_proj.weight"].shape[0] // head_dim,
                "kv_heads": state[f"model.layers.{i}.self_attn.k_proj.weight"].shape[0] // head_dim,

@@ -129,3 +129,40 @@ def test_unsupported_rope_scaling_is_refused(rope):
 def test_non_silu_activation_is_refused():
     with pytest.raises(UnsupportedModelError, match="gelu"):
         from_hf_llama(_llama(hidden_act="gelu"))
+
+
+def test_qwen2_rebuilds_logit_for_logit():
+    config = transformers.Qwen2Config(attn_implementation="eager", **LLAMA)
+    torch.manual_seed(0)
+    hf = transformers.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in hf.named_parameters():
+            if name.endswith(".bias"):
+                p.add_(0.1 * torch.randn_like(p))
+    ours = from_hf_llama(hf)
+    assert ours.layers[0].attn.q.bias.abs().max() > 0  # Qwen2's q/k/v biases are carried over
+    with torch.no_grad():
+        torch.testing.assert_close(ours(_ids()), hf(input_ids=_ids()).logits, atol=TOL, rtol=0)
+
+
+def test_run_with_a_growing_cache_equals_one_full_pass():
+    """Prefill 10 tokens, then decode the rest one at a time through the KVCache seam."""
+    from edgec.models.decoder import causal_mask
+
+    ours = from_hf_llama(_llama())
+    ids = _ids()
+    past: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def grow(i, k, v):
+        if i in past:
+            k, v = torch.cat([past[i][0], k], 2), torch.cat([past[i][1], v], 2)
+        past[i] = (k, v)
+        return k, v
+
+    steps = [(0, 10)] + [(p, p + 1) for p in range(10, SEQ)]
+    with torch.no_grad():
+        full = ours(ids)
+        got = torch.cat([ours.run(ids[:, a:b], ours.rope_cos[a:b], ours.rope_sin[a:b],
+                                  causal_mask(b - a, b, ours.mask_value), grow) for a, b in steps], 1)
+    assert past[0][0].shape[2] == SEQ
+    torch.testing.assert_close(got, full, atol=1e-5, rtol=0)
