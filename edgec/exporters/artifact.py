@@ -1,6 +1,6 @@
 """A file the pipeline produced, as the report and manifest describe it."""
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -10,6 +10,8 @@ class Artifact:
     format: str  # "onnx", "onnx-qdq", "pte"
     runtime: str  # the runtime it is built for: "ort-cpu", "qnn-htp", "executorch"
     also_on: tuple[str, ...] = ()  # other runtimes it is verified on (a QDQ graph runs on ORT CPU too)
+    # manifest fields the exporter knows and the file does not say (a program's inputs, a cache layout)
+    manifest: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def runtimes(self) -> tuple[str, ...]:

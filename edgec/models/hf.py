@@ -1,4 +1,4 @@
-"""Rebuild Hugging Face encoders as the canonical `TextEncoder` / `VisionEncoder`.
+"""Rebuild Hugging Face models as the canonical `TextEncoder` / `VisionEncoder` / `Decoder`.
 
 Each family is a name map from the canonical parameter names to the HF state
 dict: adding a family is one table entry, not a class.
@@ -11,6 +11,7 @@ from torch import nn
 
 from edgec.errors import UnsupportedModelError
 from edgec.models.encoder import ACTIVATIONS, TextEncoder, VisionEncoder
+from edgec.models.hf_llama import DECODER_TYPES, from_hf_llama
 
 _BERT_LAYER = {"attn.q": "attention.self.query", "attn.k": "attention.self.key",
                "attn.v": "attention.self.value", "attn.o": "attention.output.dense",
@@ -43,11 +44,13 @@ FAMILIES: dict[str, dict] = {
 
 
 def family(config) -> dict:
+    if config.model_type in DECODER_TYPES:
+        return {"kind": "causal-lm"}
     spec = FAMILIES.get(config.model_type)
     if spec is None:
         raise UnsupportedModelError(
             f"model type '{config.model_type}' is not supported: edgec takes "
-            f"{', '.join(sorted(FAMILIES))} encoders")
+            f"{', '.join(sorted(FAMILIES))} encoders and {', '.join(DECODER_TYPES)} decoders")
     return spec
 
 
@@ -116,8 +119,10 @@ def load_into_hf(module: nn.Module, model: nn.Module) -> None:
 
 
 def from_hf(model: nn.Module) -> nn.Module:
-    """Canonical encoder with the HF model's weights (eval mode, float32)."""
+    """Canonical encoder or decoder with the HF model's weights (eval mode, float32)."""
     config = model.config
+    if config.model_type in DECODER_TYPES:
+        return from_hf_llama(model)
     spec = family(config)
     state = {k: v.detach().float() for k, v in model.state_dict().items()}
     if spec["kind"] == "image" and "classifier.weight" not in state:

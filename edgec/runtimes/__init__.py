@@ -1,4 +1,6 @@
-"""Runtimes by name: each module has `load(path) -> Session`, where `Session.run(feed) -> list`.
+"""Runtimes by name: each module has `load(path) -> Session`, where `Session.run(feed) -> list`;
+a runtime that runs language models also names a module with `load_lm(path, tokenizer, info) -> LMSession`
+(`edgec.runtimes.llm`).
 
 Modules are imported on first use, so naming a runtime never pays for the
 others' native libraries.
@@ -29,17 +31,32 @@ class Runtime:
     description: str
     simulated: bool = False  # a simulator: its wall time is no device latency
     package: str = ""  # the distribution whose version the report states
+    lm_module: str = ""  # the module whose `load_lm` runs a decoder artifact, if any
 
     def load(self, path: Path) -> Session:
+        if not self.module:
+            raise InputError(f"runtime '{self.name}' runs language models only: use edgec generate")
         return importlib.import_module(self.module).load(Path(path))
+
+    def load_lm(self, path: Path, tokenizer: Path, info: dict):
+        """`info`: the manifest's generation fields and the artifact's own entry (its cache layout)."""
+        if not self.lm_module:
+            raise InputError(f"runtime '{self.name}' does not run language models: choose one of "
+                             f"{', '.join(n for n, r in RUNTIMES.items() if r.lm_module)}")
+        return importlib.import_module(self.lm_module).load_lm(Path(path), Path(tokenizer), info)
 
 
 RUNTIMES = {r.name: r for r in [
     Runtime("ort-cpu", "edgec.runtimes.ort_cpu", "ONNX Runtime, CPU execution provider",
             package="onnxruntime"),
     Runtime("qnn-htp", "edgec.runtimes.qnn_htp", "Qualcomm HTP through onnxruntime-qnn, simulated on x86-64, "
-            "CPU fallback disabled", simulated=True, package="onnxruntime-qnn"),
-    Runtime("executorch", "edgec.runtimes.executorch", "ExecuTorch with XNNPACK", package="executorch"),
+            "CPU fallback disabled", simulated=True, package="onnxruntime-qnn", lm_module="edgec.runtimes.htp_llm"),
+    Runtime("executorch", "edgec.runtimes.executorch", "ExecuTorch with XNNPACK (LLMs: its TextLLMRunner)",
+            package="executorch", lm_module="edgec.runtimes.executorch_llm"),
+    Runtime("ort-genai", "", "ONNX Runtime GenAI (og.Generator), CPU", package="onnxruntime-genai",
+            lm_module="edgec.runtimes.ort_genai"),
+    Runtime("torch", "", "transformers generate, eager float32 (the reference)", package="transformers",
+            lm_module="edgec.runtimes.torch_lm"),
 ]}
 
 

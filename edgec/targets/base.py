@@ -23,6 +23,7 @@ class Built:
 
     artifacts: list[Artifact]
     report: dict = field(default_factory=dict)
+    references: list[Artifact] = field(default_factory=list)  # measured beside the artifacts, not shipped
 
 
 def torch_inputs(feed: Feed) -> tuple[torch.Tensor, ...]:
@@ -58,4 +59,10 @@ class Target:
     def build(self, job: Build, module: torch.nn.Module, out_dir: Path, float_onnx: Artifact) -> Built:
         """Write the artifacts for `module` into `out_dir`; `float_onnx` is its float graph."""
         raise NotImplementedError
+
+    def build_lm(self, job: Build, module: torch.nn.Module, out_dir: Path) -> Built:
+        """Write the artifacts of a decoder LM (`edgec.models.decoder.Decoder`) into `out_dir`."""
+        from edgec.errors import InputError
+
+        raise InputError(f"target '{self.name}' does not build language models: use --target cpu or npu")
 

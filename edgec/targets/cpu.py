@@ -38,3 +38,8 @@ class Cpu(Target):
         return Built([art, pte], {"calibration": {"source": "none needed: int8 weights, activations "
                                                             "quantized per call"},
                                   "graph": graph_note(module)})
+
+    def build_lm(self, job: Build, module: torch.nn.Module, out_dir: Path) -> Built:
+        from edgec.targets.cpu_lm import build_cpu_lm
+
+        return build_cpu_lm(job, module, out_dir)

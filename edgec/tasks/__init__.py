@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from edgec.errors import InputError
 from edgec.tasks.base import Feed, Feeds, Outputs, Task
+from edgec.tasks.generation import TextGeneration
 from edgec.tasks.image import ImageClassification
 from edgec.tasks.text import SentenceEmbedding
 
-TASKS: dict[str, Task] = {t.kind: t for t in [SentenceEmbedding(), ImageClassification()]}
+TASKS: dict[str, Task] = {t.kind: t for t in [SentenceEmbedding(), ImageClassification(), TextGeneration()]}
 BY_NAME: dict[str, Task] = {t.name: t for t in TASKS.values()}
 
 

@@ -45,6 +45,12 @@ class Task:
     kind: str  # the model kind it serves ("text", "image")
     simulator_eval_samples: int  # held-out samples on a simulator: a default worth its cost
 
+    def export_job(self, *args):
+        """What builds and measures an export of this kind: one forward pass per sample by default."""
+        from edgec.toolchain.pipeline import Export
+
+        return Export(*args)
+
     def tokens(self, config, recipe) -> int:
         """How many tokens a token budget chooses among."""
         raise NotImplementedError

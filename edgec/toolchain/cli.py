@@ -198,6 +198,50 @@ def run(bundle, text, image, runtime, check) -> None:
         click.echo(f"  {line}")
 
 
+@cli.command()
+@click.argument("source")
+@click.option("--prompt", "-p", help="The prompt text.")
+@click.option("--prompt-file", type=click.Path(path_type=Path), help="Read the prompt from a UTF-8 file.")
+@click.option("--max-new-tokens", "-n", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--runtime", "-r",
+              help="torch (a model: transformers' generate), or a bundle's ort-genai, executorch or qnn-htp "
+                   "[default: torch for a model, the bundle's first artifact's engine].")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="0 is greedy.")
+@click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the statistics as one JSON line on stderr.")
+def generate(source, prompt, prompt_file, max_new_tokens, runtime, temperature, top_p, seed, as_json) -> None:
+    """Generate text from SOURCE (a model directory, a zoo name or an exported bundle), streamed to stdout."""
+    _quiet_torch()
+    import json
+
+    from edgec.runtimes.llm import Sampling
+    from edgec.toolchain.generate import generate as run_generate, open_lm, peak_rss_mb
+
+    if (prompt is None) == (prompt_file is None):
+        _fail("give the prompt as --prompt TEXT or --prompt-file FILE (one of them)")
+    if prompt_file is not None:
+        try:
+            prompt = Path(prompt_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            _fail(f"cannot read --prompt-file {prompt_file} ({e.__class__.__name__}): give a UTF-8 text file")
+    opened = open_lm(source, runtime)
+    out = click.get_text_stream("stdout")
+    g = run_generate(opened, prompt, max_new_tokens, Sampling(temperature, top_p, seed),
+                     on_text=lambda t: (out.write(t), out.flush()))
+    out.write("\n")
+    stats = {**g.stats(), "peak_rss_mb": round(peak_rss_mb(), 1), "runtime": opened.label,
+             "threads": opened.session.threads}
+    if as_json:
+        click.echo(json.dumps(stats), err=True)
+    else:
+        click.echo(f"[{opened.label}] {stats['prompt_tokens']} prompt tokens, {stats['new_tokens']} new; "
+                   f"prefill {stats['prefill_tokens_per_s']} tokens/s, decode {stats['decode_tokens_per_s']} "
+                   f"tokens/s, first token after {stats['time_to_first_token_ms']} ms, peak memory "
+                   f"{stats['peak_rss_mb']:.0f} MB (process), {stats['threads']} threads", err=True)
+
+
 @cli.group()
 def zoo() -> None:
     """Built-in models."""

@@ -26,7 +26,7 @@ from edgec.toolchain.zoo import ZOO
 class LoadedModel:
     name: str
     source_dir: Path
-    kind: str  # "text" | "image"
+    kind: str  # "text" | "image" | "causal-lm"
     module: torch.nn.Module  # the canonical encoder, eval mode, float32
     config: Any  # the HF config
     tokenizer: Any = None  # text models

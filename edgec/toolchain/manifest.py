@@ -65,6 +65,7 @@ def build_manifest(model, target: str, artifacts: list[Artifact], root: Path, ta
         elif onnx_spec is not None:  # the .pte takes the same tensors in the same order, unquantized
             entry.update({side: [{**t, "quantization": None} for t in onnx_spec[side]]
                           for side in ("inputs", "outputs")})
+        entry.update(a.manifest)
         entry["golden"] = golden[a.path.name]
         entries.append(entry)
     manifest = {"schema_version": SCHEMA_VERSION, "edgec_version": edgec.__version__,

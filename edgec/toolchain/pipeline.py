@@ -86,6 +86,10 @@ class Export:
         self.output_names = self.task.output_names(module)
         return self.report
 
+    def golden(self, work: Path) -> dict[str, dict]:
+        return {a.path.name: write_golden(work, a, self.feeds, self.session, self.output_names)
+                for a in self.artifacts}
+
     def _compress(self, module: torch.nn.Module) -> torch.nn.Module:
         """Structured pruning, then static token dropping: each a torch-level pass."""
         if self.recipe.prune is not None and self.recipe.prune.ratio > 0:
@@ -261,12 +265,11 @@ def export_into(prepared: Prepared, work: Path, scratch: Path, recipe: Recipe, p
 
     model, target = prepared.model, prepared.target
     t0 = time.perf_counter()
-    exp = Export(model, target, prepared.feeds, recipe, work, scratch, progress)
+    exp = model.task.export_job(model, target, prepared.feeds, recipe, work, scratch, progress)
     body = exp.build()
     task_fields = model.task.bundle(model, recipe, exp.output_names, work)
-    with progress.step(f"golden vectors ({len(prepared.feeds.golden)} inputs per artifact and runtime)"):
-        golden = {a.path.name: write_golden(work, a, prepared.feeds, exp.session, exp.output_names)
-                  for a in exp.artifacts}
+    with progress.step(f"golden outputs ({len(prepared.feeds.golden)} inputs per artifact and runtime)"):
+        golden = exp.golden(work)
     manifest = build_manifest(model, target.name, exp.artifacts, work, task_fields, golden)
     (work / "manifest.json").write_text(json.dumps(manifest, indent=2))
     report = {
@@ -277,7 +280,7 @@ def export_into(prepared: Prepared, work: Path, scratch: Path, recipe: Recipe, p
         "recipe": recipe.to_dict(),
         "artifacts": [a.to_dict(work) for a in exp.artifacts],
         **body,
-        "size_ratio": {a.path.name: round(a.bytes / body["float_bytes"], 4) for a in exp.artifacts},
+        "size_ratio": {str(a.path.relative_to(work)): round(a.bytes / body["float_bytes"], 4) for a in exp.artifacts},
         "machine": machine_info(),
         "step_seconds": dict(progress.timings),
         "load_seconds": prepared.load_seconds,

@@ -16,6 +16,9 @@ _PASS_CONFIGS = {"plan": PrecisionPlan, "smooth": SmoothConfig, "prune": PruneCo
                  "token_budget": TokenBudgetConfig}
 
 
+WEIGHTS = ("int4", "int8", "float")
+
+
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
     seq_len: int | None = None  # text models' static sequence length; None: 128
@@ -36,12 +39,19 @@ class Recipe:
     prune: PruneConfig | None = None  # structured pruning (heads, MLP channels), before quantization
     token_budget: TokenBudgetConfig | None = None  # static token dropping after an early block
     compare_quantized_only: bool = True  # also build the model without pruning/token dropping
+    # language models: the static KV-cache length (None: the model's positions, at most 512), the npu
+    # graph's prefill chunk (None: 32) and the cpu artifacts' weights ("int4", "int8" or "float")
+    context: int | None = None
+    prefill_chunk: int | None = None
+    weights: str = "int4"
 
     def __post_init__(self):
         for name in ("seq_len", "calib_samples", "prune_calib_samples", "eval_samples", "htp_eval_samples",
-                     "bench_runs"):
+                     "bench_runs", "context", "prefill_chunk"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.weights not in WEIGHTS:
+            raise ValueError(f"weights '{self.weights}' is not one of {', '.join(WEIGHTS)}")
 
     def to_dict(self) -> dict:
         d = asdict(self)

