@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -110,11 +111,15 @@ def activation_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]]
 
 
 def quantize_qdq(float_path: Path, out_path: Path, feeds: list[dict[str, np.ndarray]],
-                 plan: PrecisionPlan) -> QdqResult:
+                 plan: PrecisionPlan, adjust: Callable[[onnx.ModelProto, dict], None] | None = None
+                 ) -> QdqResult:
+    """`adjust(model, ranges)` may change the chosen activation ranges in place (ties between tensors)."""
     if not feeds:
         raise ExportError("no calibration samples: give --calib data with at least one sample")
     model = onnx.load(float_path)
     overrides, won, sqnr8 = activation_ranges(model, feeds, plan)
+    if adjust is not None:
+        adjust(model, overrides)
     overrides.update(weight_overrides(model))
     config = get_qnn_qdq_config(
         model, _Feeds(feeds[:2]), calibrate_method=CalibrationMethod.MinMax,

@@ -31,7 +31,7 @@ class Runtime:
     description: str
     simulated: bool = False  # a simulator: its wall time is no device latency
     package: str = ""  # the distribution whose version the report states
-    lm_module: str = ""  # the module whose `load_lm` runs a decoder artifact, if any
+    lm_module: str = ""  # "module[:function]" that opens a decoder artifact (default function: load_lm)
 
     def load(self, path: Path) -> Session:
         if not self.module:
@@ -43,12 +43,13 @@ class Runtime:
         if not self.lm_module:
             raise InputError(f"runtime '{self.name}' does not run language models: choose one of "
                              f"{', '.join(n for n, r in RUNTIMES.items() if r.lm_module)}")
-        return importlib.import_module(self.lm_module).load_lm(Path(path), Path(tokenizer), info)
+        module, _, function = self.lm_module.partition(":")
+        return getattr(importlib.import_module(module), function or "load_lm")(Path(path), Path(tokenizer), info)
 
 
 RUNTIMES = {r.name: r for r in [
     Runtime("ort-cpu", "edgec.runtimes.ort_cpu", "ONNX Runtime, CPU execution provider",
-            package="onnxruntime"),
+            package="onnxruntime", lm_module="edgec.runtimes.htp_llm:load_lm_cpu"),
     Runtime("qnn-htp", "edgec.runtimes.qnn_htp", "Qualcomm HTP through onnxruntime-qnn, simulated on x86-64, "
             "CPU fallback disabled", simulated=True, package="onnxruntime-qnn", lm_module="edgec.runtimes.htp_llm"),
     Runtime("executorch", "edgec.runtimes.executorch", "ExecuTorch with XNNPACK (LLMs: its TextLLMRunner)",

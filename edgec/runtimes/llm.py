@@ -88,7 +88,11 @@ class Utf8Stream:
         return text
 
     def close(self) -> str:
-        return self.push(b"") + self._decoder.decode(b"", final=True)
+        """What was held back: a dangling partial character becomes U+FFFD, streamed like the rest."""
+        text = self._decoder.decode(b"", final=True)
+        if text and self._on_text is not None:
+            self._on_text(text)
+        return text
 
 
 class Clock:

@@ -54,3 +54,8 @@ class Npu(Target):
             result = smooth(module, job.calib_tensors(), job.recipe.smooth)
             art = job.float_onnx(result.module, f"{out_dir.name}-smoothed.onnx")
         return art, {**job.recipe.smooth.to_dict(), **result.to_dict()}
+
+    def build_lm(self, job: Build, module: torch.nn.Module, out_dir: Path) -> Built:
+        from edgec.targets.npu_lm import build_npu_lm
+
+        return build_npu_lm(job, module, out_dir)
