@@ -107,3 +107,16 @@ def seeded_decoder_dir(out: Path, model_type: str = "llama", **overrides) -> Pat
                 p.mul_(4.0)
     save_hf_dir(model, tok, out)
     return out
+
+
+def assert_clean_failure(code, err, out_dir, *words):
+    """Bad input: one line naming the problem, exit code 2, no traceback, no OUT left behind."""
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("edgec: error: ")
+    assert "Traceback" not in err
+    for w in words:
+        assert w in lines[0], lines[0]
+    assert not out_dir.exists()
+    assert not [p for p in out_dir.parent.iterdir() if ".partial-" in p.name]

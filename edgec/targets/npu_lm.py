@@ -32,6 +32,6 @@ def build_npu_lm(job: Build, module, out_dir: Path) -> Built:
               "precision": {"activations": "uint16", "weights": "int8 per output channel",
                             "kv_cache": {k: v for k, v in contract["cache"].items() if k in ("dtype", "update")}},
               "npu": {"backend": "qnn-htp", **htp, "coverage": htp["fraction"],
-                      "integer_only": checks["integer_only"], "integer_violations": [], "int16_tensors": []},
-              "engines": {art.path.name: contract["host_loop"]}}
+                      "integer_only": checks["integer_only"], "integer_violations": []},
+              "engines": {art.path.name: f"{contract['host_loop']}. Between steps: {contract['cache']['update']}"}}
     return Built([art], report)

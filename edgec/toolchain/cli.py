@@ -82,7 +82,12 @@ def export(model, target, out, calib, calib_samples, seq_len, prune_ratio, prune
         _fail("--prune-method needs a pruning ratio: give --prune RATIO (or 'prune' in the recipe)")
     progress = Progress(quiet)
     report = run_export(model, target, out, calib, r, progress)
-    if not quiet:
+    if not quiet and "perplexity" in report:
+        ppl = report["perplexity"]
+        rows = ", ".join(f"{k} {v['value']:.3f}" for k, v in ppl["per_runtime"].items() if v["kind"] == "artifact")
+        progress.console.print(f"[bold]{report['model']['name']}[/] -> {out}  (perplexity: float "
+                               f"{ppl['float']:.3f}; {rows})")
+    elif not quiet:
         acc = report["accuracy"]
         progress.console.print(
             f"[bold]{report['model']['name']}[/] -> {out}  ({acc['metric']}: {acc['quantized']:.4f} on "
@@ -217,7 +222,8 @@ def generate(source, prompt, prompt_file, max_new_tokens, runtime, temperature, 
     import json
 
     from edgec.runtimes.llm import Sampling
-    from edgec.toolchain.generate import generate as run_generate, open_lm, peak_rss_mb
+    from edgec.toolchain.generate import generate as run_generate, open_lm
+    from edgec.toolchain.lm_speed import peak_rss_mb
 
     if (prompt is None) == (prompt_file is None):
         _fail("give the prompt as --prompt TEXT or --prompt-file FILE (one of them)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import resource
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,7 +75,3 @@ def generate(opened: Opened, prompt: str, max_new_tokens: int, sampling: Samplin
                          f"{opened.label} holds {opened.context} tokens of context: shorten the prompt or ask "
                          f"for at most {max(opened.context - len(ids), 0)} new tokens")
     return opened.session.generate(ids, max_new_tokens, sampling, on_text)
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

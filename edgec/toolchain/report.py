@@ -65,10 +65,14 @@ def npu_section(r: dict) -> list[str]:
               f"Backend: {n['backend']} (simulated on x86-64), CPU fallback disabled.", "",
               f"- HTP op coverage: {n['coverage']:.1%} ({n['htp_nodes']}/{n['total_nodes']} nodes); "
               f"runs whole on the HTP: {'yes' if n['runs_fully'] else 'no'}",
-              f"- integer-only graph: {'yes' if n['integer_only'] else 'no'}",
-              f"- 16-bit tensors: {len(n['int16_tensors'])} "
-              f"({r['precision'].get('int16_why') or 'none'})", ""]
-    needed = [t for t in n["int16_tensors"] if t["reason"].startswith("needed")]
+              f"- integer-only graph: {'yes' if n['integer_only'] else 'no'}"]
+    if "kv_cache" in r["precision"]:  # a decoder: every activation and the cache are 16-bit
+        kv = r["precision"]["kv_cache"]
+        lines += [f"- activations: {r['precision']['activations']} everywhere, weights "
+                  f"{r['precision']['weights']}; KV cache: {kv['dtype']}", "", f"Cache update: {kv['update']}.", ""]
+    else:
+        lines += [f"- 16-bit tensors: {len(n['int16_tensors'])} ({r['precision'].get('int16_why') or 'none'})", ""]
+    needed = [t for t in n.get("int16_tensors", []) if t["reason"].startswith("needed")]
     if needed:
         lines += [f"{len(needed)} of them need 16 bits by their own range (8-bit SQNR below "
                   f"30 dB); the worst:", ""]

@@ -43,20 +43,21 @@ def _speed(s: dict, r: dict) -> list[str]:
     lines = ["## Generation speed", "",
              f"Greedy, {s['new_tokens']} new tokens after the {s['prompt']}; each runtime in its own process, "
              "median of 3 runs after a warm-up. Prefill tokens/s = prompt tokens / time to first token. Peak "
-             "memory is the process's peak resident set; 'model' subtracts what the process held before "
-             "loading the artifact. This machine, one run: compare ratios, not absolute times.", ""]
+             "memory is the engine process's peak resident set (VmHWM: Python, the runtime's libraries and the "
+             "model). This machine, one run: compare ratios, not absolute times.", ""]
     rows = [[f"`{k}`", v["kind"], _num(v["prefill_tokens_per_s"]), _num(v["decode_tokens_per_s"]),
-             _num(v["time_to_first_token_ms"]), f"{v['peak_rss_mb']:.0f} ({v['peak_rss_mb'] - v['baseline_rss_mb']:.0f})",
+             _num(v["time_to_first_token_ms"]), f"{v['peak_rss_mb']:.0f}",
              f"{v['decode_vs_float_eager']:.2f}x", v["threads"]] for k, v in s["per_runtime"].items()]
     lines += _table(["artifact@runtime", "kind", "prefill tok/s", "decode tok/s", "first token ms",
-                     "peak MB (model)", "decode vs float eager", "threads"], rows)
+                     "peak MB", "decode vs float eager", "threads"], rows)
     shipped = {k: v for k, v in s["per_runtime"].items() if v["kind"] == "artifact"}
     if shipped:
         best = max(shipped, key=lambda k: shipped[k]["decode_tokens_per_s"])
         lines += [f"Fastest decode of the shipped artifacts: `{best}`.", ""]
     for k, v in s.get("simulator", {}).items():
-        lines += [f"`{k}`: {v['new_tokens']} tokens took {v['time_to_first_token_ms']:.0f} ms to the first token "
-                  f"on the simulator ({v['note']}).", ""]
+        lines += [f"`{k}`: the {v['prompt_tokens']}-token prompt took {v['time_to_first_token_ms']:.0f} ms to the "
+                  f"first token, then {_num(v['decode_tokens_per_s'], '.2f')} tokens/s over {v['new_tokens']} tokens: "
+                  f"{v['note']}.", ""]
     m = r["machine"]
     lines += [f"Machine: {m.get('cpu')}, {m.get('logical_cores')} logical cores.", ""]
     return lines

@@ -4,17 +4,7 @@ import json
 
 import pytest
 
-
-def assert_clean_failure(code, err, out_dir, *words):
-    assert code == 2
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("edgec: error: ")
-    assert "Traceback" not in err
-    for w in words:
-        assert w in lines[0], lines[0]
-    assert not out_dir.exists()
-    assert not [p for p in out_dir.parent.iterdir() if ".partial-" in p.name]
+from helpers import assert_clean_failure
 
 
 def test_missing_model_path(run_cli, tmp_path):

@@ -1,0 +1,146 @@
+"""Language models end to end: `edgec export` for cpu and npu, the bundle its engines read, `edgec generate`."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from helpers import assert_clean_failure, seeded_decoder_dir
+
+PROMPT = "And God said, Let there be light"
+
+
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return seeded_decoder_dir(tmp_path_factory.mktemp("llama") / "model", "llama")
+
+
+def _export(run_cli, model, out, target, **recipe):
+    code, _, err = run_cli("export", model, "--target", target, "-o", out, "--recipe", _recipe(out.parent, **recipe),
+                           "-q")
+    assert code == 0, err
+    return json.loads((out / "report.json").read_text()), json.loads((out / "manifest.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def cpu_bundle(llama_dir, tmp_path_factory):
+    """One cpu export shared by the tests below (int4 ONNX for GenAI, 8da4w .pte)."""
+    from _pytest.monkeypatch import MonkeyPatch
+
+    from edgec.toolchain import cli
+
+    out = tmp_path_factory.mktemp("cpu") / "bundle"
+    mp = MonkeyPatch()
+    mp.setattr("sys.argv", ["edgec", "export", str(llama_dir), "--target", "cpu", "-o", str(out), "-q",
+                            "--recipe", str(_recipe(out.parent, context=128))])
+    try:
+        cli.main()
+    except SystemExit as e:
+        assert not e.code
+    finally:
+        mp.undo()
+    return out
+
+
+def _recipe(folder, **fields):
+    path = folder / "recipe.json"
+    path.write_text(json.dumps({"eval_samples": 4, "compare_quantized_only": False, **fields}))
+    return path
+
+
+def test_cpu_bundle_is_what_each_engine_reads(cpu_bundle):
+    import onnxruntime_genai as og
+
+    from edgec.toolchain.bundle import open_bundle
+    from edgec.toolchain.golden import read_golden
+
+    b = open_bundle(cpu_bundle)  # schema, sizes and hashes
+    m = b.manifest
+    assert m["task"] == "text-generation" and m["generation"]["context_length"] == 128
+    assert {a["path"]: a["runtime"] for a in m["artifacts"]} == {"model.onnx": "ort-genai", "model.pte": "executorch"}
+    assert (cpu_bundle / "genai_config.json").is_file() and (cpu_bundle / "tokenizer.json").is_file()
+    # ONNX Runtime GenAI generates from the bundle folder alone, and reproduces the golden tokens
+    golden = read_golden(cpu_bundle / m["artifacts"][0]["golden"]["path"])
+    model = og.Model(str(cpu_bundle))
+    params = og.GeneratorParams(model)
+    prompt = golden["prompt/0"]
+    want = golden["tokens/ort-genai/0"]
+    params.set_search_options(do_sample=False, max_length=len(prompt) + len(want))
+    gen = og.Generator(model, params)
+    gen.append_tokens(prompt.astype(np.int32))
+    got = []
+    while not gen.is_done() and len(got) < len(want):
+        gen.generate_next_token()
+        got.append(int(gen.get_next_tokens()[0]))
+    assert got == want.tolist()
+
+
+def test_cpu_report_measures_every_engine(cpu_bundle):
+    r = json.loads((cpu_bundle / "report.json").read_text())
+    ppl = r["perplexity"]
+    assert set(ppl["per_runtime"]) == {"model.onnx@ort-genai", "model.pte@executorch"}
+    for v in ppl["per_runtime"].values():
+        assert v["tokens"] == 4 * 127 and np.isfinite(v["value"]) and v["value"] > 1
+    speed = r["generation_speed"]["per_runtime"]
+    assert {"model@torch", "model.onnx@ort-genai", "model.pte@executorch"} <= set(speed)
+    for v in speed.values():
+        assert v["decode_tokens_per_s"] > 0 and v["peak_rss_mb"] > v["baseline_rss_mb"] > 0
+    text = (cpu_bundle / "report.md").read_text()
+    assert "## Perplexity" in text and "## Generation speed" in text and "Fastest decode" in text
+
+
+@pytest.mark.parametrize("runtime", ["ort-genai", "executorch"])
+def test_generate_streams_from_the_bundle(run_cli, cpu_bundle, runtime):
+    code, out, err = run_cli("generate", cpu_bundle, "--prompt", PROMPT, "-n", "8", "--runtime", runtime, "--json")
+    assert code == 0, err
+    stats = json.loads(err.strip().splitlines()[-1])
+    assert stats["new_tokens"] == 8 and stats["decode_tokens_per_s"] > 0 and stats["peak_rss_mb"] > 0
+    assert runtime in stats["runtime"] and out.strip()
+
+
+def test_generate_refuses_what_a_bundle_cannot_do(run_cli, cpu_bundle, tmp_path):
+    code, _, err = run_cli("generate", cpu_bundle, "--prompt", PROMPT, "--runtime", "qnn-htp")
+    assert code == 2 and err.count("\n") == 1 and "qnn-htp" in err
+    long = tmp_path / "long.txt"
+    long.write_text("and the earth was without form " * 80)
+    code, _, err = run_cli("generate", cpu_bundle, "--prompt-file", long, "-n", "8")
+    assert code == 2 and err.count("\n") == 1 and "context" in err
+
+
+def test_generate_on_a_model_is_transformers(run_cli, llama_dir):
+    code, out, err = run_cli("generate", llama_dir, "--prompt", PROMPT, "-n", "6", "--json")
+    assert code == 0, err
+    assert "torch" in json.loads(err.strip().splitlines()[-1])["runtime"]
+    code, _, err = run_cli("generate", llama_dir, "--prompt", PROMPT, "--runtime", "executorch")
+    assert code == 2 and "edgec export" in err
+
+
+def test_a_model_without_tokenizer_is_refused(run_cli, llama_dir, tmp_path):
+    model = tmp_path / "no-tokenizer"
+    shutil.copytree(llama_dir, model)
+    (model / "tokenizer.json").unlink()
+    out = tmp_path / "out"
+    code, _, err = run_cli("export", model, "--target", "cpu", "-o", out, "-q")
+    assert_clean_failure(code, err, out, "tokenizer.json")
+
+
+def test_an_unsupported_architecture_is_refused(run_cli, tmp_path):
+    import transformers
+
+    model = tmp_path / "gpt2"
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=64)).save_pretrained(model)
+    out = tmp_path / "out"
+    code, _, err = run_cli("export", model, "--target", "cpu", "-o", out, "-q")
+    assert_clean_failure(code, err, out, "gpt2", "llama")
+
+
+def test_npu_export_runs_whole_on_the_htp(run_cli, llama_dir, tmp_path):
+    out = tmp_path / "npu"
+    report, manifest = _export(run_cli, llama_dir, out, "npu", context=64, prefill_chunk=16, htp_eval_samples=1)
+    assert report["npu"]["runs_fully"] and report["npu"]["integer_only"]
+    art = manifest["artifacts"][0]
+    assert art["runtime"] == "qnn-htp" and "ort-cpu" in art["verified_on"] and art["engine"]
+    assert "model.onnx@qnn-htp" in report["perplexity"]["per_runtime"]
+    code, _, err = run_cli("generate", out, "--prompt", PROMPT, "--runtime", "executorch")
+    assert code == 2 and "executorch" in err
