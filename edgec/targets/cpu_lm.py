@@ -18,19 +18,25 @@ PTE_WEIGHTS = {"int4": "8da4w", "int8": "8da4w", "float": "float"}
 
 def build_cpu_lm(job: Build, module, out_dir: Path) -> Built:
     from edgec.exporters.executorch_llm import export_llm_pte
-    from edgec.exporters.onnx_genai import export_genai
+    from edgec.exporters.onnx_genai import export_genai, quantize_genai
 
     cfg, recipe = job.model.config, job.recipe
     ctx, weights = context(cfg, recipe), recipe.weights
-    with job.progress.step(f"export ONNX for ONNX Runtime GenAI ({weights} weights)"):
-        onnx_art = export_genai(module, cfg, job.model.source_dir, out_dir, weights=weights, context=ctx)
+    compare = recipe.compare_quantized_only and weights != "float"
+    with job.progress.step(f"export ONNX for ONNX Runtime GenAI ({weights} weights, context {ctx})"):
+        float_dir = job.scratch / "float-genai" if weights != "float" else out_dir
+        float_onnx = export_genai(module, cfg, job.model.source_dir, float_dir, weights="float", context=ctx)
+        onnx_art = float_onnx if weights == "float" else quantize_genai(float_dir, out_dir, weights)
     pte_weights = PTE_WEIGHTS[weights]
     with job.progress.step(f"export ExecuTorch program, static KV cache of {ctx} ({pte_weights})"):
         pte_art = export_llm_pte(module, cfg, out_dir / "model.pte", ctx, weights=pte_weights)
-    references = []
-    if recipe.compare_quantized_only and weights != "float":
-        with job.progress.step("export the float twins for comparison"):
-            references = [export_genai(module, cfg, job.model.source_dir, job.scratch / "float-genai",
-                                       weights="float", context=ctx),
-                          export_llm_pte(module, cfg, job.scratch / "float.pte", ctx, weights="float")]
-    return Built([onnx_art, pte_art], {"weights": {"onnx": weights, "pte": pte_weights}}, references)
+    references = [float_onnx] if compare else []
+    if compare:
+        with job.progress.step("export the float ExecuTorch program for comparison"):
+            references.append(export_llm_pte(module, cfg, job.scratch / "float.pte", ctx, weights="float"))
+    engines = {"model.onnx": "og.Model(bundle folder) reads genai_config.json beside it; GenAI feeds the "
+                             "whole KV history in each step and takes back present = past + new",
+               "model.pte": "ExecuTorch's TextLLMRunner(model.pte, tokenizer.json) reads the metadata methods; "
+                            "the program keeps a static KV cache in mutable buffers written at cache_position"}
+    return Built([onnx_art, pte_art], {"weights": {"onnx": weights, "pte": pte_weights}, "engines": engines},
+                 references)

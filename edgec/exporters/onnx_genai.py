@@ -1,0 +1,198 @@
+"""A decoder bundle that ONNX Runtime GenAI runs as is: model.onnx, genai_config.json and the tokenizer.
+
+GenAI feeds the whole KV history back in each step and takes back the grown
+one (`past_present_share_buffer` false), so the graph only concatenates: no
+in-place cache op, and the same model.onnx scores whole sequences under plain
+ONNX Runtime with a zero-length past.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+
+from edgec.errors import ExportError, InputError
+from edgec.exporters.artifact import Artifact
+from edgec.models.decoder import Decoder
+
+OPSET = 21
+WEIGHT_BITS = {"float": None, "int8": 8, "int4": 4}
+BLOCK = 32  # MatMulNBits block: one scale per 32 input channels
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+class GenaiStep(torch.nn.Module):
+    """One GenAI step: the new tokens against past + new keys, with genai's input and output names."""
+
+    def __init__(self, module: Decoder):
+        super().__init__()
+        self.module = module
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        m, s, t = self.module, input_ids.shape[1], attention_mask.shape[1]
+        cos = m.rope_cos[position_ids].unsqueeze(1)  # [B, 1, S, D]: per-row positions (left padding)
+        sin = m.rope_sin[position_ids].unsqueeze(1)
+        # new token i sits in slot t - s + i: it sees earlier slots that the attention mask keeps
+        later = (torch.arange(t)[None, :] > torch.arange(s)[:, None] + (t - s)).to(torch.float32)
+        padded = (1 - attention_mask.to(torch.float32))[:, None, None, :]
+        mask_add = torch.clamp(later + padded, max=1.0) * m.mask_value  # [B, 1, S, T]
+        presents = []
+
+        def grow(i, k, v):
+            k, v = torch.cat([past[2 * i], k], dim=2), torch.cat([past[2 * i + 1], v], dim=2)
+            presents.extend((k, v))
+            return k, v
+        return (m.run(input_ids, cos, sin, mask_add, grow), *presents)
+
+
+def io_names(n_layers: int) -> tuple[list[str], list[str]]:
+    """GenAI's default names: inputs then outputs, keys before values per layer."""
+    kv = [f"{{}}.{i}.{part}" for i in range(n_layers) for part in ("key", "value")]
+    return (["input_ids", "attention_mask", "position_ids"] + [n.format("past_key_values") for n in kv],
+            ["logits"] + [n.format("present") for n in kv])
+
+
+def export_genai(module: Decoder, hf_config, tokenizer_dir: Path, out_dir: Path,
+                 weights: str = "float", context: int | None = None) -> Artifact:
+    """Write model.onnx (+ .data), genai_config.json and the tokenizer files into `out_dir`;
+    `context` (default: the model's positions) is the longest sequence GenAI will run."""
+    if weights not in WEIGHT_BITS:
+        raise InputError(f"unknown weights '{weights}' for ONNX Runtime GenAI: use one of {', '.join(WEIGHT_BITS)}")
+    kv_heads = {layer.attn.kv_heads for layer in module.layers}
+    if len(kv_heads) != 1:
+        raise ExportError(f"ONNX Runtime GenAI needs the same number of KV heads in every layer, "
+                          f"this decoder has {sorted(kv_heads)}: prune KV heads uniformly for this runtime")
+    tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
+    missing = [f for f in TOKENIZER_FILES if not (tokenizer_dir / f).is_file()]
+    if missing:
+        raise InputError(f"{tokenizer_dir} has no {', '.join(missing)}: ONNX Runtime GenAI needs an HF fast tokenizer")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / MODEL_FILE
+    _export(module, path)
+    if WEIGHT_BITS[weights]:
+        _quantize(path, path, WEIGHT_BITS[weights])
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(tokenizer_dir / name, out_dir / name)
+    config = genai_config(module, hf_config, context or module.max_pos)
+    (out_dir / "genai_config.json").write_text(json.dumps(config, indent=2))
+    return Artifact(path, "onnx", "ort-genai")
+
+
+def quantize_genai(bundle: Path, out_dir: Path, weights: str) -> Artifact:
+    """The float bundle `bundle` with int8 or int4 weights, in `out_dir`: variants without re-tracing."""
+    if WEIGHT_BITS.get(weights) is None:
+        raise InputError(f"cannot quantize to '{weights}': use int8 or int4")
+    bundle, out_dir = Path(bundle), Path(out_dir)
+    if not (bundle / "genai_config.json").is_file():
+        raise InputError(f"{bundle} is no ONNX Runtime GenAI bundle (no genai_config.json); export it first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _quantize(bundle / MODEL_FILE, out_dir / MODEL_FILE, WEIGHT_BITS[weights])
+    for name in ("genai_config.json", *TOKENIZER_FILES):
+        shutil.copyfile(bundle / name, out_dir / name)
+    return Artifact(out_dir / MODEL_FILE, "onnx", "ort-genai")
+
+
+def _example(module: Decoder, batch: int = 2, seq: int = 3, past: int = 4) -> tuple[torch.Tensor, ...]:
+    layer = module.layers[0].attn
+    ids = torch.randint(0, module.embed.num_embeddings, (batch, seq), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones(batch, past + seq, dtype=torch.int64)
+    positions = torch.arange(past, past + seq).repeat(batch, 1)
+    kv = [torch.zeros(batch, l.attn.kv_heads, past, layer.head_dim) for l in module.layers for _ in "kv"]
+    return (ids, mask, positions, *kv)
+
+
+def _export(module: Decoder, path: Path) -> None:
+    """Dynamo export; the mask length is its own axis (past + seq as Dim arithmetic is rejected)."""
+    # names, not Dims: torch.onnx makes them Dim.DYNAMIC, which takes the reshape guards on `sequence`
+    # that a strict Dim rejects, and names the graph's axes after them
+    batch, seq, past, total = "batch", "sequence", "past_sequence", "total_sequence"
+    inputs, outputs = io_names(len(module.layers))
+    shapes = ({0: batch, 1: seq}, {0: batch, 1: total}, {0: batch, 1: seq},
+              ({0: batch, 2: past},) * (len(inputs) - 3))  # *past is one tuple argument
+    was_training = module.training
+    module.eval()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(GenaiStep(module), _example(module), dynamo=True, opset_version=OPSET,
+                                        input_names=inputs, output_names=outputs,
+                                        dynamic_shapes=shapes, verbose=False)
+            program.save(path, external_data=True)
+    except Exception as e:  # the exporter raises many types; all mean the same to the user
+        cause = e
+        while cause.__cause__ is not None:  # torch.onnx wraps torch.export's error in a generic one
+            cause = cause.__cause__
+        first = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+        raise ExportError(f"ONNX export for ONNX Runtime GenAI failed ({type(cause).__name__}: {first})") from e
+    finally:
+        module.train(was_training)
+
+
+def _quantize(src: Path, path: Path, bits: int) -> None:
+    """Weight-only MatMulNBits (symmetric, blocks of 32) on every constant MatMul weight, lm_head included."""
+    import onnx
+    from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+
+    logger = logging.getLogger(nbits.__name__)  # it logs every node at INFO
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        quantizer = nbits.MatMulNBitsQuantizer(onnx.load(src), bits=bits, block_size=BLOCK, is_symmetric=True)
+        quantizer.process()
+    except Exception as e:  # the quantizer asserts and raises plain errors on graphs it cannot take
+        raise ExportError(f"MatMulNBits {bits}-bit quantization failed ({type(e).__name__}: {e}); "
+                          "export with weights='float'") from e
+    finally:
+        logger.setLevel(level)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save(quantizer.model.model, path, save_as_external_data=True, location=data.name)
+
+
+def genai_config(module: Decoder, hf_config, context: int) -> dict:
+    """The genai_config.json GenAI 0.18 reads: what its model builder writes, for a concat-style graph."""
+    attn, eos = module.layers[0].attn, _token_id(hf_config, "eos_token_id")
+    return {
+        "model": {
+            "bos_token_id": _token_id(hf_config, "bos_token_id"),
+            "eos_token_id": eos,  # one id or a list: GenAI takes both
+            "pad_token_id": _token_id(hf_config, "pad_token_id", eos[0] if isinstance(eos, list) else eos),
+            "context_length": context,
+            "type": hf_config.model_type,
+            "vocab_size": module.embed.num_embeddings,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": [],
+                                    "intra_op_num_threads": 2, "inter_op_num_threads": 1},
+                "filename": MODEL_FILE,
+                "head_size": attn.head_dim,
+                "hidden_size": module.embed.embedding_dim,
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
+                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                           "past_value_names": "past_key_values.%d.value"},
+                "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
+                            "present_value_names": "present.%d.value"},
+                "num_attention_heads": attn.heads,
+                "num_hidden_layers": len(module.layers),
+                "num_key_value_heads": attn.kv_heads,
+            },
+        },
+        "search": {"do_sample": False, "max_length": context, "min_length": 0, "num_beams": 1,
+                   "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+                   "temperature": 1.0, "top_k": 0, "top_p": 1.0, "early_stopping": True,
+                   "length_penalty": 1.0, "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},
+    }
+
+
+def _token_id(hf_config, name: str, default=None):
+    value = getattr(hf_config, name, None)
+    if value is None:
+        value = default
+    if value is None:
+        raise ExportError(f"the model config has no {name}: ONNX Runtime GenAI needs it in genai_config.json")
+    return value

@@ -1,0 +1,146 @@
+"""export_genai + the ort-genai runtime: GenAI's own loop reproduces transformers' greedy tokens."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import transformers
+from helpers import seeded_decoder_dir
+from tokenizers import Tokenizer
+
+from edgec.errors import ExportError, InputError
+from edgec.exporters.onnx_genai import export_genai, quantize_genai
+from edgec.models.decoder import Decoder
+from edgec.models.hf_llama import from_hf_llama
+from edgec.runtimes.llm import Sampling, Utf8Stream
+from edgec.runtimes.ort_genai import load_lm
+from edgec.runtimes.tokens import TokenBytes
+
+PROMPTS = ["The river was", "Once upon a time, in a quiet town"]
+KINDS = ["llama", "qwen2"]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Per model type: the HF directory, the HF model and its float GenAI bundle."""
+    root, result = tmp_path_factory.mktemp("genai"), {}
+    for kind in KINDS:
+        src = seeded_decoder_dir(root / kind, kind)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
+        artifact = export_genai(from_hf_llama(hf), hf.config, src, root / f"{kind}-float")
+        result[kind] = src, hf, artifact
+    return result
+
+
+def _prompt_ids(src, prompt: str) -> list[int]:
+    return Tokenizer.from_file(str(src / "tokenizer.json")).encode(prompt).ids  # BOS included
+
+
+def _hf_logits(hf, ids) -> np.ndarray:
+    with torch.no_grad():
+        return hf(torch.tensor([list(ids)])).logits[0].numpy()
+
+
+def _bundle_bytes(artifact) -> int:
+    return sum(p.stat().st_size for p in artifact.path.parent.glob("model.onnx*"))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bundle_layout(models, kind):
+    src, hf, artifact = models[kind]
+    bundle = artifact.path.parent
+    assert artifact.format == "onnx" and artifact.runtimes == ("ort-genai",)
+    assert {"genai_config.json", "model.onnx", "tokenizer.json", "tokenizer_config.json"} <= {
+        p.name for p in bundle.iterdir()}
+    config = json.loads((bundle / "genai_config.json").read_text())
+    assert config["search"]["past_present_share_buffer"] is False
+    assert config["model"]["context_length"] == hf.config.max_position_embeddings
+    assert config["model"]["decoder"]["num_key_value_heads"] == hf.config.num_key_value_heads
+    session = load_lm(bundle)
+    assert session.context == hf.config.max_position_embeddings and session.threads == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_tokens_match_transformers(models, kind):
+    src, hf, artifact = models[kind]
+    session = load_lm(artifact.path.parent)
+    for prompt in PROMPTS:
+        ids = _prompt_ids(src, prompt)
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.int64),
+                              do_sample=False, max_new_tokens=16)[0, len(ids):].tolist()
+        got = session.generate(ids, 16, Sampling())
+        assert got.tokens == ref
+        assert got.prompt_tokens == len(ids) and got.first_token_s > 0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_score_matches_transformers(models, kind):
+    src, hf, artifact = models[kind]
+    ids = np.random.default_rng(0).integers(3, hf.config.vocab_size, 40)
+    got = load_lm(artifact.path.parent).score(ids)
+    np.testing.assert_allclose(got, _hf_logits(hf, ids), atol=1e-4, rtol=0)
+
+
+def test_streamed_text_is_the_decoded_text(models):
+    src, _, artifact = models["llama"]
+    session, tokenizer = load_lm(artifact.path.parent), Tokenizer.from_file(str(src / "tokenizer.json"))
+    for prompt in PROMPTS:
+        streamed = []
+        got = session.generate(_prompt_ids(src, prompt), 16, Sampling(), streamed.append)
+        assert "".join(streamed) == got.text == tokenizer.decode(got.tokens)
+        assert len(got.pieces) == len(got.tokens)
+
+
+def test_a_character_split_across_tokens_is_held_back(models):
+    src = models["llama"][0]
+    vocab = Tokenizer.from_file(str(src / "tokenizer.json")).get_vocab()
+    pieces = TokenBytes(src / "tokenizer.json")
+    first, second = pieces(vocab["Ã"]), pieces(vocab["©"])  # the two bytes of "é"
+    assert (first, second) == (b"\xc3", b"\xa9")
+    streamed = []
+    stream = Utf8Stream(streamed.append)
+    assert stream.push(first) == "" and stream.push(second) == "é" and streamed == ["é"]
+    assert pieces(0) == b""  # BOS is no text
+
+
+def test_sampling_is_seeded(models):
+    src, _, artifact = models["llama"]
+    session, ids = load_lm(artifact.path.parent), _prompt_ids(src, PROMPTS[0])
+    runs = [session.generate(ids, 8, Sampling(temperature=1.0, top_p=0.9, seed=s)).tokens for s in (1, 1, 2)]
+    assert runs[0] == runs[1] != runs[2]
+
+
+def test_int4_weights(models, tmp_path):
+    src, hf, float_artifact = models["llama"]
+    artifact = quantize_genai(float_artifact.path.parent, tmp_path / "int4", "int4")
+    graph = onnx.load(artifact.path, load_external_data=False).graph
+    weights = {i.name for i in graph.initializer}
+    assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 7 * hf.config.num_hidden_layers + 1  # + lm_head
+    assert not [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    assert _bundle_bytes(artifact) < 0.6 * _bundle_bytes(float_artifact)
+    session = load_lm(artifact.path.parent)
+    ids = np.random.default_rng(0).integers(3, hf.config.vocab_size, 64)
+    got, ref = session.score(ids), _hf_logits(hf, ids)
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.5
+    assert len(session.generate(_prompt_ids(src, PROMPTS[0]), 4, Sampling()).tokens) == 4
+
+
+def test_per_layer_kv_heads_are_refused(tmp_path):
+    layers = [dict(heads=4, kv_heads=kv, head_dim=8, intermediate=32) for kv in (2, 1)]
+    module = Decoder(vocab=16, hidden=32, layers=layers, rms_eps=1e-6, rope_theta=1e4, max_pos=32,
+                     tie_embeddings=False)
+    with pytest.raises(ExportError, match="same number of KV heads in every layer"):
+        export_genai(module, None, tmp_path, tmp_path / "out")
+
+
+def test_unknown_weights_are_refused(tmp_path):
+    layers = [dict(heads=2, kv_heads=1, head_dim=8, intermediate=16)]
+    module = Decoder(vocab=16, hidden=16, layers=layers, rms_eps=1e-6, rope_theta=1e4, max_pos=32,
+                     tie_embeddings=False)
+    with pytest.raises(InputError, match="unknown weights 'int3'"):
+        export_genai(module, None, tmp_path, tmp_path / "out", weights="int3")
+    with pytest.raises(InputError, match="cannot quantize to 'float'"):
+        quantize_genai(tmp_path, tmp_path / "q", "float")
