@@ -237,6 +237,7 @@ def generate(source, prompt, prompt_file, max_new_tokens, runtime, temperature, 
     g = run_generate(opened, prompt, max_new_tokens, Sampling(temperature, top_p, seed),
                      on_text=lambda t: (out.write(t), out.flush()))
     out.write("\n")
+    out.flush()
     stats = {**g.stats(), "peak_rss_mb": round(peak_rss_mb(), 1), "runtime": opened.label,
              "threads": opened.session.threads}
     if as_json:
