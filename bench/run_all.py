@@ -26,6 +26,9 @@ SCRIPTS = {
     "smoothing": ["--models", "vit-digits"],
     "token_budget_vit": ["--budgets", "1.0,0.5", "--layers", "0", "--scores", "received", "--htp-samples", "20"],
     "prune_minilm": ["--ratios", "0.3", "--variants", "magnitude,flap no refit"],
+    "llm_equivalence": ["--models", "tinylm,qwen2", "--prompts", "2", "--new-tokens", "16"],
+    "llm_export": ["--targets", "npu", "--htp-windows", "2"],
+    "llm_decode_speed": ["--layers", "2", "--hidden", "256", "--new-tokens", "16"],
 }
 TAIL = 80  # most lines of a script's output the summary repeats
 
