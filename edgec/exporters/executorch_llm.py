@@ -1,0 +1,138 @@
+"""A decoder `.pte` with a static KV cache, in the shape ExecuTorch's LLM runner drives.
+
+The runner calls `forward(tokens [1, S], cache_position [S])` for a prompt
+chunk and again for each new token, and samples from the last row of the
+logits; scoring reads every row of the same method, so one program serves
+both (the price: ExecuTorch plans the logits for the longest call, context x
+vocab floats). Each layer's keys and values live in a mutable buffer written
+in place at `cache_position`, and a query at position p sees the slots 0 .. p,
+so what an earlier, longer sequence left behind is never read; slots never
+written are masked too, and the runtimes' planned memory starts zeroed (the
+buffers' zeros are not stored in the file). Everything is plain aten (no
+`llama::` custom ops): the program runs in any ExecuTorch runtime that links
+the portable, optimized and XNNPACK libraries.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from edgec.errors import ExportError, InputError
+from edgec.exporters.artifact import Artifact
+from edgec.exporters.atomic import write_atomic
+from edgec.models.decoder import Decoder
+
+WEIGHTS = ("float", "8da4w")
+GROUP = 32  # 8da4w: one int4 scale per 32 input channels
+
+
+class StaticCacheLM(nn.Module):
+    """`Decoder` over one [1, kv_heads_i, context, head_dim] key and value buffer per layer."""
+
+    def __init__(self, module: Decoder, context: int):
+        super().__init__()
+        self.module, self.context = module, context
+        for i, layer in enumerate(module.layers):
+            shape = (1, layer.attn.kv_heads, context, layer.attn.head_dim)
+            self.register_buffer(f"k_{i}", torch.zeros(shape))
+            self.register_buffer(f"v_{i}", torch.zeros(shape))
+
+    def forward(self, input_ids: torch.Tensor, cache_position: torch.Tensor) -> torch.Tensor:
+        m = self.module
+        slots = torch.arange(self.context, dtype=cache_position.dtype)
+        mask_add = (slots[None, :] > cache_position[:, None]).to(torch.float32) * m.mask_value
+
+        def static(i: int, k: torch.Tensor, v: torch.Tensor):
+            k_all, v_all = getattr(self, f"k_{i}"), getattr(self, f"v_{i}")
+            k_all.index_copy_(2, cache_position, k)
+            v_all.index_copy_(2, cache_position, v)
+            return k_all, v_all
+        return m.run(input_ids, m.rope_cos[cache_position], m.rope_sin[cache_position], mask_add, static)
+
+
+def export_llm_pte(module: Decoder, hf_config, out_path: Path, context: int,
+                   weights: str = "float") -> Artifact:
+    """Write a `.pte` whose `forward` takes 1..`context` tokens at a time, with the runner's metadata.
+
+    `8da4w` stores every linear layer (lm_head included) as int4 in groups of
+    32 with int8 dynamic activations, and the token table int8 per row.
+    `module` itself is left unchanged.
+    """
+    if weights not in WEIGHTS:
+        raise InputError(f"unknown weights '{weights}' for ExecuTorch: use one of {', '.join(WEIGHTS)}")
+    if not 2 <= context <= module.max_pos:
+        raise InputError(f"context {context} is out of range: use 2 .. {module.max_pos} (the model's positions)")
+    out_path, was_training = Path(out_path), module.training
+    try:  # quantization swaps weights and layers: it works on a copy
+        wrapper = StaticCacheLM(copy.deepcopy(module) if weights == "8da4w" else module, context).eval()
+        if weights == "8da4w":
+            quantize_8da4w(wrapper)
+        program = _export(wrapper, context)
+    finally:
+        module.train(was_training)
+    lowered = _lower(program, metadata(module, hf_config, context))
+    write_atomic(out_path, lambda tmp: Path(tmp).write_bytes(lowered.buffer))
+    return Artifact(out_path, "pte", "executorch")
+
+
+def metadata(module: Decoder, hf_config, context: int) -> dict:
+    """The constant methods ExecuTorch's LLM runner reads (extension/llm/runner/constants.h)."""
+    eos = getattr(hf_config, "eos_token_id", None)
+    eos = [e for e in (eos if isinstance(eos, (list, tuple)) else [eos]) if e is not None]
+    bos = getattr(hf_config, "bos_token_id", None)
+    if not eos:
+        raise ExportError("the model config has no eos_token_id: ExecuTorch's LLM runner needs it to stop")
+    return {"get_bos_id": bos if bos is not None else -1, "get_eos_ids": eos,
+            "get_max_seq_len": context, "get_max_context_len": context,
+            "get_vocab_size": module.embed.num_embeddings, "use_kv_cache": True,
+            "enable_dynamic_shape": True, "use_sdpa_with_kv_cache": False}
+
+
+def quantize_8da4w(wrapper: StaticCacheLM) -> None:
+    """In place: torchao int4 weights in groups of 32 with int8 dynamic activations on every linear
+    layer (the pattern XNNPACK's dynamically quantized linear takes), the token table int8 per row."""
+    from torchao.quantization import Int8DynamicActivationIntxWeightConfig, quantize_
+    from torchao.quantization.granularity import PerGroup
+
+    from edgec.exporters.executorch import _Int8Embedding
+
+    config = Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(GROUP))
+    odd = [n for n, m in wrapper.named_modules() if isinstance(m, nn.Linear) and m.in_features % GROUP]
+    if odd:
+        raise ExportError(f"8da4w needs input widths divisible by {GROUP}; {odd[0]} has "
+                          f"{wrapper.get_submodule(odd[0]).in_features}: export with weights='float'")
+    m = wrapper.module
+    if m.lm_head.weight is m.embed.weight:  # tied: each gets its own quantized copy
+        m.lm_head.weight = nn.Parameter(m.lm_head.weight.detach().clone())
+    quantize_(wrapper, config, filter_fn=lambda mod, _: isinstance(mod, nn.Linear))
+    m.embed = _Int8Embedding(m.embed)
+
+
+def _export(wrapper: StaticCacheLM, context: int) -> torch.export.ExportedProgram:
+    seq = torch.export.Dim("seq", min=1, max=context)
+    example = (torch.zeros(1, 2, dtype=torch.long), torch.arange(2, dtype=torch.long))
+    try:
+        with torch.no_grad():
+            return torch.export.export(wrapper, example, dynamic_shapes=({1: seq}, {0: seq}), strict=True)
+    except Exception as e:  # torch.export raises many unrelated types for untraceable code
+        raise ExportError(f"torch.export failed on the static-cache decoder: {_first_line(e)}") from e
+
+
+def _lower(program: torch.export.ExportedProgram, constants: dict):
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    try:
+        edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                           constant_methods=constants)
+        return edge.to_executorch()
+    except Exception as e:  # lowering raises assertion, runtime and internal errors alike
+        raise ExportError(f"ExecuTorch could not lower the decoder for XNNPACK: {_first_line(e)}") from e
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -1,0 +1,163 @@
+"""export_llm_pte + the executorch LM runtime: ExecuTorch's LLM runner reproduces transformers' greedy tokens."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from helpers import seeded_decoder_dir
+from tokenizers import Tokenizer
+
+from edgec.errors import InputError
+from edgec.exporters.executorch_llm import StaticCacheLM, export_llm_pte, quantize_8da4w
+from edgec.models.hf_llama import from_hf_llama
+from edgec.runtimes.executorch_llm import load_lm
+from edgec.runtimes.llm import Sampling
+from edgec.runtimes.tokens import TokenBytes
+
+PROMPTS = ["The river was", "Once upon a time, in a quiet town"]
+KINDS = {"llama": {}, "qwen2": {"num_hidden_layers": 1}}  # lowering costs seconds per layer
+CONTEXT = 128
+
+
+@pytest.fixture(scope="module")
+def build(tmp_path_factory):
+    """(kind, weights) -> (HF dir, HF model, artifact, session); each export is made once per module."""
+    root, cache = tmp_path_factory.mktemp("etllm"), {}
+
+    def get(kind: str, weights: str = "float"):
+        if (kind, weights) not in cache:
+            src = root / kind
+            if not src.is_dir():
+                seeded_decoder_dir(src, kind, **KINDS[kind])
+            hf = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
+            artifact = export_llm_pte(from_hf_llama(hf), hf.config, root / f"{kind}-{weights}.pte", CONTEXT, weights)
+            cache[kind, weights] = src, hf, artifact, load_lm(artifact.path, src / "tokenizer.json")
+        return cache[kind, weights]
+    return get
+
+
+def _ids(src, prompt: str) -> list[int]:
+    return Tokenizer.from_file(str(src / "tokenizer.json")).encode(prompt).ids  # BOS included
+
+
+def _hf_logits(hf, ids) -> np.ndarray:
+    with torch.no_grad():
+        return hf(torch.tensor([list(ids)])).logits[0].numpy()
+
+
+def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                          do_sample=False, max_new_tokens=n)
+    return out[0, len(ids):].tolist()
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_runner_reproduces_transformers_greedy(build, kind):
+    src, hf, _, lm = build(kind)
+    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    for prompt in PROMPTS:
+        ids = _ids(src, prompt)
+        assert ids[0] == hf.config.bos_token_id and ids.count(ids[0]) == 1
+        ref = _hf_greedy(hf, ids, 16)
+        got = lm.generate(ids, 16, Sampling())
+        assert got.tokens == ref  # the prompt's one BOS and nothing else reached the model
+        assert got.text == tok.decode(ref, skip_special_tokens=True)
+        assert got.prompt_tokens == len(ids) and got.first_token_s > 0
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_score_matches_transformers(build, kind):
+    src, hf, _, lm = build(kind)
+    long_ids = np.asarray(_ids(src, " ".join(PROMPTS) * 4), np.int64)[:CONTEXT]
+    np.testing.assert_allclose(lm.score(long_ids), _hf_logits(hf, long_ids), atol=1e-4)
+    short = long_ids[:7]  # after a longer sequence: its cache slots beyond position 6 must stay unseen
+    np.testing.assert_allclose(lm.score(short), _hf_logits(hf, short), atol=1e-4)
+    lm.generate(list(short), 4, Sampling())  # the runner's program is separate: scoring is unaffected
+    np.testing.assert_allclose(lm.score(short), _hf_logits(hf, short), atol=1e-4)
+
+
+def test_stream_survives_split_characters(build):
+    src, _, _, lm = build("llama")
+    token_bytes, seen_split = TokenBytes(src / "tokenizer.json"), False
+    for prompt in PROMPTS + ["héllo wörld ünïcode 日本語"]:
+        streamed = []
+        got = lm.generate(_ids(src, prompt), 40, Sampling(), streamed.append)
+        raw = b"".join(token_bytes(t) for t in got.tokens)
+        assert "".join(streamed) == got.text == raw.decode("utf-8", errors="replace")
+        seen_split |= any(_incomplete(token_bytes(t)) for t in got.tokens)
+    assert seen_split  # random weights emit lone UTF-8 lead/continuation bytes: the case under test
+
+
+def _incomplete(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+        return False
+    except UnicodeDecodeError:
+        return True
+
+
+def test_sampling_is_seeded_and_bounded(build):
+    src, _, _, lm = build("llama")
+    ids = _ids(src, PROMPTS[0])
+    a, b = (lm.generate(ids, 12, Sampling(temperature=1.5, top_p=0.8, seed=7)) for _ in range(2))
+    c = lm.generate(ids, 12, Sampling(temperature=1.5, top_p=0.8, seed=8))
+    assert a.tokens == b.tokens != c.tokens and len(a.tokens) <= 12
+    with pytest.raises(InputError, match="context"):
+        lm.generate(ids, CONTEXT, Sampling())
+    with pytest.raises(InputError, match="cannot score"):
+        lm.score(np.zeros(CONTEXT + 1, np.int64))
+    with pytest.raises(InputError, match="token ids"):
+        lm.generate([0, 10**6], 4, Sampling())
+
+
+def test_ids_reach_the_model_verbatim(build):
+    """Ids that text would not give back (a word split in letters, no BOS) generate as in transformers."""
+    src, hf, _, lm = build("llama")
+    tok = Tokenizer.from_file(str(src / "tokenizer.json"))
+    split = [tok.token_to_id(c) for c in "Theriver"]
+    assert None not in split and tok.encode("Theriver").ids[1:] != split
+    for ids in ([hf.config.bos_token_id] + split, split):
+        assert lm.generate(ids, 8, Sampling()).tokens == _hf_greedy(hf, ids, 8)
+
+
+def test_runner_reads_the_models_own_tokenizer(build, tmp_path):
+    """What a C++ app does: the prompt as text, `num_bos=1` for the one BOS, the model's tokenizer.json
+    (here without its decoder, so that byte-level pieces reach Python as their vocabulary strings)."""
+    from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+
+    src, hf, artifact, _ = build("qwen2")
+    spec = json.loads((src / "tokenizer.json").read_text())
+    spec["decoder"] = None
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    vocab = Tokenizer.from_file(str(tmp_path / "tokenizer.json")).get_vocab(with_added_tokens=True)
+    runner = TextLLMRunner(str(artifact.path), str(tmp_path / "tokenizer.json"))
+    for prompt in PROMPTS:
+        pieces = []
+        runner.reset()
+        runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=16, temperature=0.0, num_bos=1),
+                        pieces.append)
+        assert [vocab[p] for p in pieces] == _hf_greedy(hf, _ids(src, prompt), 16)
+
+
+def test_8da4w_is_small_and_close(build):
+    src, hf, float_pte, _ = build("qwen2")
+    _, _, artifact, lm = build("qwen2", "8da4w")
+    assert artifact.bytes < 0.4 * float_pte.bytes  # linears int4 in XNNPACK, the token table int8
+    torch.manual_seed(0)
+    ids = torch.randint(3, hf.config.vocab_size, (1, 100))
+    ids[0, 0] = hf.config.bos_token_id
+    got, ref = lm.score(ids[0].numpy()), _hf_logits(hf, ids[0].tolist())
+    eager = StaticCacheLM(from_hf_llama(hf), CONTEXT).eval()
+    quantize_8da4w(eager)
+    with torch.no_grad():
+        same_scheme = eager(ids, torch.arange(100))[0].numpy()
+    # XNNPACK computes the quantized model torchao describes ...
+    assert (got.argmax(-1) == same_scheme.argmax(-1)).mean() >= 0.9
+    # ... and 4-bit noise on random weights flips near-ties, yet keeps the float choice near the top
+    top5 = np.argsort(-got, axis=-1)[:, :5]
+    assert (top5 == ref.argmax(-1)[:, None]).any(-1).mean() >= 0.8
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.4
+    assert 1 <= len(lm.generate(ids[0, :10].tolist(), 8, Sampling()).tokens) <= 8
