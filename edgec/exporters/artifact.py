@@ -18,8 +18,14 @@ class Artifact:
         return (self.runtime, *self.also_on)
 
     @property
+    def external_data(self) -> list[Path]:
+        """An ONNX graph's weights saved beside it (`model.onnx.data`): part of the artifact."""
+        data = self.path.with_name(self.path.name + ".data")
+        return [data] if self.format.startswith("onnx") and data.is_file() else []
+
+    @property
     def bytes(self) -> int:
-        return self.path.stat().st_size
+        return sum(p.stat().st_size for p in (self.path, *self.external_data))
 
     def to_dict(self, root: Path) -> dict:
         return {"path": str(self.path.relative_to(root)), "format": self.format,

@@ -137,7 +137,10 @@ def _export(module: Decoder, path: Path) -> None:
 def _quantize(src: Path, path: Path, bits: int) -> None:
     """Weight-only MatMulNBits (symmetric, blocks of 32) on every constant MatMul weight, lm_head included."""
     import onnx
+
+    root, level = logging.getLogger(), logging.getLogger().level
     from onnxruntime.quantization import matmul_nbits_quantizer as nbits
+    root.setLevel(level)  # importing it calls logging.basicConfig(level=INFO)
 
     logger = logging.getLogger(nbits.__name__)  # it logs every node at INFO
     level = logger.level

@@ -2,8 +2,8 @@
 
 The shipped pair is quantized (recipe `weights`: int4 by default, MatMulNBits
 weight-only in the ONNX, 8-bit dynamic activations with 4-bit grouped weights
-in the `.pte`); float twins are built beside them, in the scratch folder, so
-the report can say what quantization cost and bought.
+in the `.pte`); the float ONNX they start from is measured beside them, so the
+report can say what quantization cost and bought.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def build_cpu_lm(job: Build, module, out_dir: Path) -> Built:
     pte_weights = PTE_WEIGHTS[weights]
     with job.progress.step(f"export ExecuTorch program, static KV cache of {ctx} ({pte_weights})"):
         pte_art = export_llm_pte(module, cfg, out_dir / "model.pte", ctx, weights=pte_weights)
+    # the float ONNX is built anyway: measured beside the shipped pair, it shows what quantization cost
+    # (a float .pte would add a minute of lowering for the same float figures: bench/llm_decode_speed.py
+    # compares the two programs)
     references = [float_onnx] if compare else []
-    if compare:
-        with job.progress.step("export the float ExecuTorch program for comparison"):
-            references.append(export_llm_pte(module, cfg, job.scratch / "float.pte", ctx, weights="float"))
     engines = {"model.onnx": "og.Model(bundle folder) reads genai_config.json beside it; GenAI feeds the "
                              "whole KV history in each step and takes back present = past + new",
                "model.pte": "ExecuTorch's TextLLMRunner(model.pte, tokenizer.json) reads the metadata methods; "

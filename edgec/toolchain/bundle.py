@@ -58,9 +58,15 @@ def open_bundle(root: Path) -> Bundle:
 
 def _check_file(root: Path, art: dict) -> None:
     f = root / art["path"]
-    if not f.is_file():
-        raise InputError(f"{f} is missing: re-export the bundle")
-    if f.stat().st_size != art["bytes"] or sha256(f) != art["sha256"]:
+    extra = art.get("external_data", [])
+    for e in [{"path": art["path"]}, *extra]:
+        if not (root / e["path"]).is_file():
+            raise InputError(f"{root / e['path']} is missing: re-export the bundle")
+    for e in extra:
+        if (root / e["path"]).stat().st_size != e["bytes"] or sha256(root / e["path"]) != e["sha256"]:
+            raise InputError(f"{root / e['path']} does not match its manifest entry (size or sha256): the file is "
+                             "truncated or changed; re-export the bundle")
+    if f.stat().st_size + sum(e["bytes"] for e in extra) != art["bytes"] or sha256(f) != art["sha256"]:
         raise InputError(f"{f} does not match its manifest entry (size or sha256): the file is truncated or "
                          "changed; re-export the bundle")
 

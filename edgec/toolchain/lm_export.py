@@ -64,6 +64,15 @@ class LMExport:
         self.report["pruning"] = {**self.recipe.prune.to_dict(), **result.to_dict()}
         return result.module
 
+    def name(self, path: Path) -> str:
+        """A shipped file by its bundle path; a reference by its path in the scratch folder."""
+        path = Path(path)
+        if path.is_relative_to(self.work):
+            return str(path.relative_to(self.work))
+        if path.is_relative_to(self.job.scratch):
+            return f"reference {path.relative_to(self.job.scratch)}"
+        return path.name
+
     def session(self, art: Artifact, runtime: str):
         if (art.path, runtime) not in self.sessions:
             info = {**self.info, **art.manifest}
@@ -87,9 +96,9 @@ class LMExport:
                 n = self._limit(rt) or len(self.feeds.eval)
                 s = self.session(art, rt)
                 got = [[s.score(f["input_ids"][0])[None]]
-                       for f in self.progress.track(self.feeds.eval[:n], f"perplexity: {art.path.name}@{rt}",
+                       for f in self.progress.track(self.feeds.eval[:n], f"perplexity: {self.name(art.path)}@{rt}",
                                                     total=n)]
-                out["per_runtime"][f"{art.path.name}@{rt}"] = {
+                out["per_runtime"][f"{self.name(art.path)}@{rt}"] = {
                     **metric(got, n), "float": metric(eager[:n], n)["value"], "kind": kind,
                     "bytes": art.bytes}
         return out
@@ -109,7 +118,7 @@ class LMExport:
         with self.progress.step(f"generation speed: {new_tokens} new tokens after a {len(prompt)}-token "
                                 "prompt, one process per runtime"):
             for rt, path, kind in runs:
-                name = f"{Path(path).name}@{rt}"
+                name = f"{self.name(path)}@{rt}"
                 art_info = {**info, **next((a.manifest for a in built.artifacts + built.references
                                             if a.path == path), {})}
                 if runtimes.runtime(rt).simulated:

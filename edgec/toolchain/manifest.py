@@ -59,6 +59,9 @@ def build_manifest(model, target: str, artifacts: list[Artifact], root: Path, ta
     onnx_spec = None
     for a in artifacts:
         entry = {**a.to_dict(root), "sha256": sha256(a.path)}
+        if a.external_data:
+            entry["external_data"] = [{"path": str(p.relative_to(root)), "bytes": p.stat().st_size,
+                                       "sha256": sha256(p)} for p in a.external_data]
         if a.format.startswith("onnx"):
             onnx_spec = onnx_io(a.path)
             entry.update(onnx_spec)
