@@ -120,3 +120,13 @@ def assert_clean_failure(code, err, out_dir, *words):
         assert w in lines[0], lines[0]
     assert not out_dir.exists()
     assert not [p for p in out_dir.parent.iterdir() if ".partial-" in p.name]
+
+
+def hf_greedy(hf, ids: list[int], n: int) -> list[int]:
+    """transformers' own greedy new tokens after `ids`: the reference every engine is held to."""
+    import torch
+
+    with torch.no_grad():
+        out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                          do_sample=False, max_new_tokens=n)
+    return out[0, len(ids):].tolist()

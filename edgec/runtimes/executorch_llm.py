@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from edgec.errors import BackendError, InputError
-from edgec.runtimes.llm import Clock, Generation, OnText, Sampling, Utf8Stream, sample
+from edgec.runtimes.llm import Clock, Generation, OnText, Recorder, Sampling, sample
 from edgec.runtimes.tokens import TokenBytes
 
 ID_BASE = 0x10000  # token i <-> chr(ID_BASE + i): over a million code points, no surrogates
@@ -76,14 +76,11 @@ class ExecutorchLM:
         if max_new_tokens < 1 or len(ids) + max_new_tokens > self.context:
             raise InputError(f"{len(ids)} prompt + {max_new_tokens} new tokens: this program holds "
                              f"{self.context} tokens of context; ask for 1 to {self.context - len(ids)} new tokens")
-        out = _Sink(self, Utf8Stream(on_text), max_new_tokens)
+        out = _Sink(self, Recorder(self.token_bytes, on_text), max_new_tokens)
         with _Quiet() as out.quiet:
             (self._greedy if sampling.greedy else self._sampled)(ids, sampling, out)
-        tail = out.text.close()
-        if tail and out.pieces:
-            out.pieces[-1] += tail
-        first, decode = out.clock.timings()
-        return Generation(out.tokens, "".join(out.pieces), len(ids), first, decode, out.pieces)
+            with out.quiet.loud():  # a held-back partial character is streamed now
+                return out.rec.finish(len(ids))
 
     def _checked(self, ids: np.ndarray) -> np.ndarray:
         if not len(ids) or ids.min() < 0 or ids.max() >= self.vocab:
@@ -99,7 +96,7 @@ class ExecutorchLM:
             if out.add(ord(p) - ID_BASE):
                 self._runner.stop()
         self._runner.reset()  # position 0: the runner would otherwise continue after the last call
-        out.clock = Clock()
+        out.rec.clock = Clock()
         try:
             self._runner.generate("".join(chr(ID_BASE + i) for i in ids), config, piece)
         except RuntimeError as e:
@@ -113,21 +110,19 @@ class ExecutorchLM:
 
 
 class _Sink:
-    """Takes new ids one by one: timing, text streaming, stop at EOS or the token budget."""
+    """Takes new ids one by one: stops at EOS or the token budget, streams and times them."""
 
-    def __init__(self, lm: ExecutorchLM, text: Utf8Stream, budget: int):
-        self.lm, self.text, self.budget = lm, text, budget
-        self.clock, self.tokens, self.pieces, self.quiet = Clock(), [], [], None
+    def __init__(self, lm: ExecutorchLM, rec: Recorder, budget: int):
+        self.lm, self.rec, self.budget, self.quiet = lm, rec, budget, None
 
     def add(self, token: int) -> bool:
         """Record `token`; True once generation should stop."""
-        if len(self.tokens) >= self.budget or (self.tokens and self.tokens[-1] in self.lm.eos):
+        tokens = self.rec.tokens
+        if len(tokens) >= self.budget or (tokens and tokens[-1] in self.lm.eos):
             return True  # the runner does not stop at an EOS sampled by its prefill: drop what follows
-        self.clock.token()
-        self.tokens.append(token)
         with self.quiet.loud():
-            self.pieces.append(self.text.push(self.lm.token_bytes(token)))
-        return token in self.lm.eos or len(self.tokens) >= self.budget
+            self.rec.add(token)
+        return token in self.lm.eos or len(tokens) >= self.budget
 
 
 def _runner(pte: Path, vocab: int):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from edgec.errors import InputError
-from edgec.runtimes.llm import Clock, Generation, OnText, Sampling, Utf8Stream, sample
+from edgec.runtimes.llm import Generation, OnText, Recorder, Sampling, sample
 from edgec.runtimes.tokens import TokenBytes
 
 RUNTIMES = ("qnn-htp", "ort-cpu")
@@ -98,24 +98,16 @@ class ChunkedLM:
             raise InputError("empty prompt: give at least one token (BOS)")
         self._check(len(ids))
         rng = np.random.default_rng(sampling.seed)
-        stream, clock = Utf8Stream(on_text), Clock()
+        out = Recorder(self._bytes, on_text)
         self.reset()
         logits = self.prefill(list(ids))[-1]
-        tokens, pieces = [], []
-        while len(tokens) < max_new_tokens:
+        while len(out.tokens) < max_new_tokens:
             token = sample(logits, sampling, rng)
-            clock.token()
-            tokens.append(token)
-            pieces.append(stream.push(self._bytes(token)))
-            if token in self.eos or len(tokens) == max_new_tokens or self.pos >= self.context:
+            out.add(token)
+            if token in self.eos or len(out.tokens) == max_new_tokens or self.pos >= self.context:
                 break
             logits = self.step([token])[-1]
-        tail = stream.close()
-        if tail and pieces:
-            pieces[-1] += tail
-        first, decode = clock.timings()
-        return Generation(tokens=tokens, text="".join(pieces), prompt_tokens=len(ids),
-                          first_token_s=first, decode_s=decode, pieces=pieces)
+        return out.finish(len(ids))
 
     def _check(self, n: int) -> None:
         if n > self.context:

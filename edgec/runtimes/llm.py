@@ -122,3 +122,24 @@ def sample(logits: np.ndarray, sampling: Sampling, rng: np.random.Generator) -> 
     keep = order[: int(np.searchsorted(np.cumsum(p[order]), sampling.top_p) + 1)]
     q = p[keep] / p[keep].sum()
     return int(keep[rng.choice(len(keep), p=q)])
+
+
+class Recorder:
+    """Each new token as it comes (its time, its text streamed as complete UTF-8), then the Generation."""
+
+    def __init__(self, token_bytes: Callable[[int], bytes], on_text: OnText | None):
+        self.bytes, self.stream, self.clock = token_bytes, Utf8Stream(on_text), Clock()
+        self.tokens: list[int] = []
+        self.pieces: list[str] = []
+
+    def add(self, token: int) -> None:
+        self.clock.token()
+        self.tokens.append(int(token))
+        self.pieces.append(self.stream.push(self.bytes(int(token))))
+
+    def finish(self, prompt_tokens: int) -> Generation:
+        tail = self.stream.close()
+        if tail and self.pieces:
+            self.pieces[-1] += tail
+        first, decode = self.clock.timings()
+        return Generation(self.tokens, "".join(self.pieces), prompt_tokens, first, decode, self.pieces)

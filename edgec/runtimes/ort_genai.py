@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from edgec.errors import BackendError, InputError
-from edgec.runtimes.llm import Clock, Generation, OnText, Sampling, Utf8Stream
+from edgec.runtimes.llm import Generation, OnText, Recorder, Sampling
 from edgec.runtimes.tokens import TokenBytes
 
 THREADS = 2
@@ -76,21 +76,12 @@ class GenaiSession:
                           random_seed=sampling.seed)
         params.set_search_options(**search)
         generator = og.Generator(self._model, params)
-        stream, clock = Utf8Stream(on_text), Clock()
-        tokens, pieces = [], []
+        out = Recorder(self._bytes, on_text)
         generator.append_tokens(ids)
-        while len(tokens) < max_new_tokens and not generator.is_done():
+        while len(out.tokens) < max_new_tokens and not generator.is_done():
             generator.generate_next_token()
-            token = int(generator.get_next_tokens()[0])
-            clock.token()
-            tokens.append(token)
-            pieces.append(stream.push(self._bytes(token)))
-        tail = stream.close()
-        if tail and pieces:
-            pieces[-1] += tail
-        first, decode = clock.timings()
-        return Generation(tokens=tokens, text="".join(pieces), prompt_tokens=len(ids),
-                          first_token_s=first, decode_s=decode, pieces=pieces)
+            out.add(int(generator.get_next_tokens()[0]))
+        return out.finish(len(ids))
 
 
 def _loaded(bundle: Path, load):

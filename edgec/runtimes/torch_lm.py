@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edgec.runtimes.llm import Clock, Generation, OnText, Sampling, Utf8Stream
+from edgec.runtimes.llm import Generation, OnText, Recorder, Sampling
 from edgec.runtimes.tokens import TokenBytes
 
 THREADS = 2
@@ -16,18 +16,15 @@ THREADS = 2
 class _Streamer:
     """transformers calls `put` with the prompt, then with each new token, then `end`."""
 
-    def __init__(self, clock: Clock, text: Utf8Stream, token_bytes: TokenBytes):
-        self.clock, self.text, self.bytes = clock, text, token_bytes
-        self.prompt_seen, self.tokens, self.pieces = False, [], []
+    def __init__(self, out: Recorder):
+        self.out, self.prompt_seen = out, False
 
     def put(self, value: torch.Tensor) -> None:
         if not self.prompt_seen:
             self.prompt_seen = True
             return
         for t in value.reshape(-1).tolist():
-            self.clock.token()
-            self.tokens.append(int(t))
-            self.pieces.append(self.text.push(self.bytes(int(t))))
+            self.out.add(int(t))
 
     def end(self) -> None:
         pass
@@ -44,17 +41,14 @@ class TorchLM:
 
     def generate(self, ids: list[int], max_new_tokens: int, sampling: Sampling,
                  on_text: OnText | None = None) -> Generation:
-        clock, text = Clock(), Utf8Stream(on_text)
-        streamer = _Streamer(clock, text, self.bytes)
+        out = Recorder(self.bytes, on_text)
         options = ({"do_sample": False} if sampling.greedy else
                    {"do_sample": True, "temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": 0})
         torch.manual_seed(sampling.seed)
         with torch.no_grad():
             self.model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                max_new_tokens=max_new_tokens, streamer=streamer, **options)
-        tail = text.close()
-        first, decode = clock.timings()
-        return Generation(streamer.tokens, "".join(streamer.pieces) + tail, len(ids), first, decode, streamer.pieces)
+                                max_new_tokens=max_new_tokens, streamer=_Streamer(out), **options)
+        return out.finish(len(ids))
 
 
 def load_hf_lm(model_dir: Path):

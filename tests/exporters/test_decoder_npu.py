@@ -18,7 +18,7 @@ from edgec.models.hf_llama import from_hf_llama
 from edgec.runtimes.htp_llm import load_lm
 from edgec.runtimes.llm import Sampling
 from edgec.runtimes.tokens import TokenBytes
-from helpers import seeded_decoder_dir
+from helpers import hf_greedy, seeded_decoder_dir
 
 CONTEXT, CHUNK = 64, 16
 
@@ -39,13 +39,6 @@ def _text_ids(hf_dir: Path, split: str, n: int) -> list[np.ndarray]:
     return [np.array(tok.encode(text).ids[:CONTEXT]) for text in prose.split(split)[:n]]
 
 
-def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
-    with torch.no_grad():
-        out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                          max_new_tokens=n, do_sample=False)
-    return out[0, len(ids):].tolist()
-
-
 def test_float_graph_through_the_host_loop_matches_transformers(seeded):
     hf_dir, hf, _, float_path, contract = seeded
     lm = load_lm(float_path, hf_dir / "tokenizer.json", {"eos_token_ids": [1], "engine": contract}, "ort-cpu")
@@ -60,7 +53,7 @@ def test_float_graph_through_the_host_loop_matches_transformers(seeded):
     prompt = [int(i) for i in ids[:21]]
     streamed: list[str] = []
     gen = lm.generate(prompt, 24, Sampling(), on_text=streamed.append)
-    assert gen.tokens == _hf_greedy(hf, prompt, 24)
+    assert gen.tokens == hf_greedy(hf, prompt, 24)
     token_bytes = TokenBytes(hf_dir / "tokenizer.json")  # random weights emit broken UTF-8 too
     assert gen.text == b"".join(map(token_bytes, gen.tokens)).decode(errors="replace")
     # Utf8Stream.close() returns a dangling byte's "\ufffd" without passing it to on_text
@@ -73,7 +66,7 @@ def test_generation_stops_when_the_cache_is_full(seeded):
     lm = load_lm(float_path, None, contract, "ort-cpu")
     gen = lm.generate(list(range(3, 3 + CONTEXT - 2)), 10, Sampling())
     assert len(gen.tokens) == 3  # context - prompt tokens fed back, plus the one read off the last logits
-    assert gen.tokens == _hf_greedy(hf, list(range(3, 3 + CONTEXT - 2)), 3)
+    assert gen.tokens == hf_greedy(hf, list(range(3, 3 + CONTEXT - 2)), 3)
 
 
 def test_a_prompt_longer_than_the_context_is_refused(seeded):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import seeded_decoder_dir
+from helpers import hf_greedy, seeded_decoder_dir
 from tokenizers import Tokenizer
 
 from edgec.errors import InputError
@@ -47,13 +47,6 @@ def _hf_logits(hf, ids) -> np.ndarray:
         return hf(torch.tensor([list(ids)])).logits[0].numpy()
 
 
-def _hf_greedy(hf, ids: list[int], n: int) -> list[int]:
-    with torch.no_grad():
-        out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                          do_sample=False, max_new_tokens=n)
-    return out[0, len(ids):].tolist()
-
-
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_runner_reproduces_transformers_greedy(build, kind):
     src, hf, _, lm = build(kind)
@@ -61,7 +54,7 @@ def test_runner_reproduces_transformers_greedy(build, kind):
     for prompt in PROMPTS:
         ids = _ids(src, prompt)
         assert ids[0] == hf.config.bos_token_id and ids.count(ids[0]) == 1
-        ref = _hf_greedy(hf, ids, 16)
+        ref = hf_greedy(hf, ids, 16)
         got = lm.generate(ids, 16, Sampling())
         assert got.tokens == ref  # the prompt's one BOS and nothing else reached the model
         assert got.text == tok.decode(ref, skip_special_tokens=True)
@@ -120,7 +113,7 @@ def test_ids_reach_the_model_verbatim(build):
     split = [tok.token_to_id(c) for c in "Theriver"]
     assert None not in split and tok.encode("Theriver").ids[1:] != split
     for ids in ([hf.config.bos_token_id] + split, split):
-        assert lm.generate(ids, 8, Sampling()).tokens == _hf_greedy(hf, ids, 8)
+        assert lm.generate(ids, 8, Sampling()).tokens == hf_greedy(hf, ids, 8)
 
 
 def test_runner_reads_the_models_own_tokenizer(build, tmp_path):
@@ -139,7 +132,7 @@ def test_runner_reads_the_models_own_tokenizer(build, tmp_path):
         runner.reset()
         runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=16, temperature=0.0, num_bos=1),
                         pieces.append)
-        assert [vocab[p] for p in pieces] == _hf_greedy(hf, _ids(src, prompt), 16)
+        assert [vocab[p] for p in pieces] == hf_greedy(hf, _ids(src, prompt), 16)
 
 
 def test_8da4w_is_small_and_close(build):
