@@ -74,9 +74,19 @@ def export_llm_pte(module: Decoder, hf_config, out_path: Path, context: int,
         program = _export(wrapper, context)
     finally:
         module.train(was_training)
-    lowered = _lower(program, metadata(module, hf_config, context))
+    methods = metadata(module, hf_config, context)
+    lowered = _lower(program, methods)
     write_atomic(out_path, lambda tmp: Path(tmp).write_bytes(lowered.buffer))
-    return Artifact(out_path, "pte", "executorch")
+    vocab = module.embed.num_embeddings
+    io = {"inputs": [{"name": "input_ids", "dtype": "int64", "shape": [1, "sequence"], "quantization": None},
+                     {"name": "cache_position", "dtype": "int64", "shape": ["sequence"], "quantization": None}],
+          "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, "sequence", vocab], "quantization": None}],
+          "engine": {"reader": "ExecuTorch's TextLLMRunner, or Module::forward in a C++ loop",
+                     "metadata_methods": methods, "weights": weights,
+                     "cache": (f"static, inside the program: one key and one value buffer per layer, [1, kv_heads, "
+                               f"{context}, head_dim], written at cache_position; key slot j is visible to the "
+                               "query at position p when j <= p")}}
+    return Artifact(out_path, "pte", "executorch", manifest=io)
 
 
 def metadata(module: Decoder, hf_config, context: int) -> dict:

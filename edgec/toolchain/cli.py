@@ -186,6 +186,9 @@ def run(bundle, text, image, runtime, check) -> None:
     from edgec.toolchain.bundle import check_golden, open_bundle
 
     b = open_bundle(bundle)
+    if b.manifest["task"] == "text-generation":
+        _run_lm(b, runtime, check, text is not None or image is not None)
+        return
     art, rt = b.artifact(runtime)
     if check:
         results = check_golden(b, art, rt)
@@ -201,6 +204,21 @@ def run(bundle, text, image, runtime, check) -> None:
     click.echo(f"{b.manifest['model']} ({b.manifest['task']}), {art['path']} on {rt}")
     for line in b.task.describe(outputs, feed, b.manifest):
         click.echo(f"  {line}")
+
+
+def _run_lm(b, runtime: str | None, check: bool, has_input: bool) -> None:
+    """A language-model bundle: --check replays its golden prompts; text goes through edgec generate."""
+    from edgec.toolchain.generate import check_golden
+
+    if has_input or not check:
+        _fail(f"{b.root} holds a language model: run it with edgec generate {b.root} --prompt \"...\"")
+    art, rt = b.artifact(runtime)
+    results = check_golden(b.root, runtime)
+    for i, (measure, ok) in enumerate(results):
+        click.echo(f"golden {i}: {measure} {'ok' if ok else 'MISMATCH'}")
+    if not all(ok for _, ok in results):
+        _fail(f"{art['path']} on {rt} does not reproduce the bundle's golden tokens")
+    click.echo(f"{art['path']} on {rt}: {len(results)} golden generations reproduced")
 
 
 @cli.command()

@@ -75,3 +75,25 @@ def generate(opened: Opened, prompt: str, max_new_tokens: int, sampling: Samplin
                          f"{opened.label} holds {opened.context} tokens of context: shorten the prompt or ask "
                          f"for at most {max(opened.context - len(ids), 0)} new tokens")
     return opened.session.generate(ids, max_new_tokens, sampling, on_text)
+
+
+def check_golden(root: Path, runtime: str | None) -> list[tuple[str, bool]]:
+    """Each golden prompt through the bundle's engine: the same greedy tokens as edgec recorded there."""
+    from edgec.toolchain.bundle import open_bundle
+    from edgec.toolchain.golden import read_golden
+
+    b = open_bundle(root)
+    art, rt = b.artifact(runtime)
+    if rt not in art["golden"]["runtimes"]:
+        raise InputError(f"{art['path']} has no golden tokens for '{rt}' (it has {', '.join(art['golden']['runtimes'])})")
+    arrays = read_golden(root / art["golden"]["path"])
+    opened = _open_bundle(root, rt)
+    results = []
+    for i in range(art["golden"]["samples"]):
+        want = arrays.get(f"tokens/{rt}/{i}")
+        if want is None:
+            continue  # a simulator records fewer prompts
+        got = opened.session.generate([int(t) for t in arrays[f"prompt/{i}"]], len(want), Sampling()).tokens
+        same = got == want.tolist()
+        results.append((f"{len(want)} greedy tokens {'identical' if same else 'differ'}", same))
+    return results

@@ -60,6 +60,11 @@ def test_cpu_bundle_is_what_each_engine_reads(cpu_bundle):
     assert m["task"] == "text-generation" and m["generation"]["context_length"] == 128
     assert {a["path"]: a["runtime"] for a in m["artifacts"]} == {"model.onnx": "ort-genai", "model.pte": "executorch"}
     assert (cpu_bundle / "genai_config.json").is_file() and (cpu_bundle / "tokenizer.json").is_file()
+    onnx_entry, pte_entry = m["artifacts"]
+    assert onnx_entry["external_data"][0]["path"] == "model.onnx.data"  # counted, hashed
+    assert [t["name"] for t in pte_entry["inputs"]] == ["input_ids", "cache_position"]
+    assert pte_entry["engine"]["metadata_methods"]["get_max_context_len"] == 128
+    assert onnx_entry["engine"]["config"] == "genai_config.json"
     # ONNX Runtime GenAI generates from the bundle folder alone, and reproduces the golden tokens
     golden = read_golden(cpu_bundle / m["artifacts"][0]["golden"]["path"])
     model = og.Model(str(cpu_bundle))
@@ -97,6 +102,15 @@ def test_generate_streams_from_the_bundle(run_cli, cpu_bundle, runtime):
     stats = json.loads(err.strip().splitlines()[-1])
     assert stats["new_tokens"] == 8 and stats["decode_tokens_per_s"] > 0 and stats["peak_rss_mb"] > 0
     assert runtime in stats["runtime"] and out.strip()
+
+
+@pytest.mark.parametrize("runtime", ["ort-genai", "executorch"])
+def test_run_check_replays_the_golden_tokens(run_cli, cpu_bundle, runtime):
+    code, out, err = run_cli("run", cpu_bundle, "--check", "--runtime", runtime)
+    assert code == 0, err
+    assert "3 golden generations reproduced" in out
+    code, _, err = run_cli("run", cpu_bundle, "--text", "hello")
+    assert code == 2 and "edgec generate" in err
 
 
 def test_generate_refuses_what_a_bundle_cannot_do(run_cli, cpu_bundle, tmp_path):
