@@ -126,9 +126,13 @@ class _Sink:
 
 
 def _runner(pte: Path, vocab: int):
-    """TextLLMRunner over the id-spelling tokenizer (each character its own piece, no merges)."""
+    """TextLLMRunner over the id-spelling tokenizer (each character its own piece, no merges).
+
+    No pre-tokenizer: a regex one makes the runner build RE2 objects, and once the QNN HTP library
+    (which exports its own RE2 symbols) is loaded in the process, those resolve into it and crash.
+    """
     spec = {"version": "1.0", "added_tokens": [], "normalizer": None, "post_processor": None, "decoder": None,
-            "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "."}, "behavior": "Isolated", "invert": False},
+            "pre_tokenizer": None,
             "model": {"type": "BPE", "vocab": {chr(ID_BASE + i): i for i in range(vocab)}, "merges": []}}
     with tempfile.TemporaryDirectory() as tmp, _Quiet():  # the tokenizer library logs as it loads
         path = Path(tmp) / "tokenizer.json"
