@@ -10,14 +10,14 @@ from helpers import hf_greedy, seeded_decoder_dir
 from tokenizers import Tokenizer
 
 from edgec.errors import InputError
-from edgec.exporters.executorch_llm import StaticCacheLM, export_llm_pte, quantize_8da4w
+from edgec.exporters.executorch_llm import export_llm_pte
 from edgec.models.hf_llama import from_hf_llama
 from edgec.runtimes.executorch_llm import load_lm
 from edgec.runtimes.llm import Sampling
 from edgec.runtimes.tokens import TokenBytes
 
 PROMPTS = ["The river was", "Once upon a time, in a quiet town"]
-KINDS = {"llama": {}, "qwen2": {"num_hidden_layers": 1}}  # lowering costs seconds per layer
+KINDS = {"llama": {"num_hidden_layers": 1}, "qwen2": {"num_hidden_layers": 1}}  # lowering costs seconds per layer
 CONTEXT = 128
 
 
@@ -133,24 +133,3 @@ def test_runner_reads_the_models_own_tokenizer(build, tmp_path):
         runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=16, temperature=0.0, num_bos=1),
                         pieces.append)
         assert [vocab[p] for p in pieces] == hf_greedy(hf, _ids(src, prompt), 16)
-
-
-def test_8da4w_is_small_and_close(build):
-    src, hf, float_pte, _ = build("qwen2")
-    _, _, artifact, lm = build("qwen2", "8da4w")
-    assert artifact.bytes < 0.4 * float_pte.bytes  # linears int4 in XNNPACK, the token table int8
-    torch.manual_seed(0)
-    ids = torch.randint(3, hf.config.vocab_size, (1, 100))
-    ids[0, 0] = hf.config.bos_token_id
-    got, ref = lm.score(ids[0].numpy()), _hf_logits(hf, ids[0].tolist())
-    eager = StaticCacheLM(from_hf_llama(hf), CONTEXT).eval()
-    quantize_8da4w(eager)
-    with torch.no_grad():
-        same_scheme = eager(ids, torch.arange(100))[0].numpy()
-    # XNNPACK computes the quantized model torchao describes ...
-    assert (got.argmax(-1) == same_scheme.argmax(-1)).mean() >= 0.9
-    # ... and 4-bit noise on random weights flips near-ties, yet keeps the float choice near the top
-    top5 = np.argsort(-got, axis=-1)[:, :5]
-    assert (top5 == ref.argmax(-1)[:, None]).any(-1).mean() >= 0.8
-    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.4
-    assert 1 <= len(lm.generate(ids[0, :10].tolist(), 8, Sampling()).tokens) <= 8

@@ -27,7 +27,7 @@ def models(tmp_path_factory):
     """Per model type: the HF directory, the HF model and its float GenAI bundle."""
     root, result = tmp_path_factory.mktemp("genai"), {}
     for kind in KINDS:
-        src = seeded_decoder_dir(root / kind, kind)
+        src = seeded_decoder_dir(root / kind, kind, num_hidden_layers=1)
         hf = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
         artifact = export_genai(from_hf_llama(hf), hf.config, src, root / f"{kind}-float")
         result[kind] = src, hf, artifact

@@ -80,7 +80,7 @@ def test_vit_token_budget_on_cpu_runtimes(run_cli, tmp_path):
                                 "--recipe", recipe)
     assert code == 0, err
     assert stdout.strip() == str(out / "report.md")
-    assert "export int8 ExecuTorch program" in err and "golden vectors" in err and "Traceback" not in err
+    assert "export int8 ExecuTorch program" in err and "golden outputs" in err and "Traceback" not in err
     report = json.loads((out / "report.json").read_text())
     assert report["token_budget"]["kept"] == 128
     assert report["accuracy"]["per_runtime"]["model.onnx@ort-cpu"]["samples"] == 100  # eval_samples applies

@@ -13,7 +13,7 @@ PROMPT = "And God said, Let there be light"
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
-    return seeded_decoder_dir(tmp_path_factory.mktemp("llama") / "model", "llama")
+    return seeded_decoder_dir(tmp_path_factory.mktemp("llama") / "model", "llama", num_hidden_layers=1)
 
 
 def _export(run_cli, model, out, target, **recipe):
@@ -79,6 +79,33 @@ def test_cpu_bundle_is_what_each_engine_reads(cpu_bundle):
         gen.generate_next_token()
         got.append(int(gen.get_next_tokens()[0]))
     assert got == want.tolist()
+
+
+def test_the_8da4w_program_computes_what_torchao_describes(cpu_bundle, llama_dir):
+    """XNNPACK runs the quantized program torchao describes; 4-bit noise keeps float's choice near the top."""
+    import torch
+    import transformers
+
+    from edgec.exporters.executorch_llm import StaticCacheLM, quantize_8da4w
+    from edgec.models.hf_llama import from_hf_llama
+    from edgec.runtimes.executorch_llm import load_lm
+
+    hf = transformers.AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    lm = load_lm(cpu_bundle / "model.pte", cpu_bundle / "tokenizer.json")
+    torch.manual_seed(0)
+    ids = torch.randint(3, hf.config.vocab_size, (1, 100))
+    ids[0, 0] = hf.config.bos_token_id
+    got = lm.score(ids[0].numpy())
+    eager = StaticCacheLM(from_hf_llama(hf), 128).eval()
+    quantize_8da4w(eager)
+    with torch.no_grad():
+        same_scheme, ref = eager(ids, torch.arange(100))[0].numpy(), hf(ids).logits[0].numpy()
+    assert (got.argmax(-1) == same_scheme.argmax(-1)).mean() >= 0.9
+    top5 = np.argsort(-got, axis=-1)[:, :5]
+    assert (top5 == ref.argmax(-1)[:, None]).any(-1).mean() >= 0.8
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.4
+    r = json.loads((cpu_bundle / "report.json").read_text())
+    assert r["size_ratio"]["model.pte"] < 0.5 and r["size_ratio"]["model.onnx"] < 0.7
 
 
 def test_cpu_report_measures_every_engine(cpu_bundle):

@@ -13,7 +13,8 @@ def test_pareto_front():
 
 def test_sweep_tiny_grid(run_cli, tmp_path):
     recipe = tmp_path / "r.json"
-    recipe.write_text(json.dumps({"eval_samples": 40, "bench_runs": 3, "calib_samples": 8, "htp_eval_samples": 1}))
+    recipe.write_text(json.dumps({"eval_samples": 40, "bench_runs": 3, "calib_samples": 8, "htp_eval_samples": 1,
+                                  "prune_calib_samples": 32}))
     out = tmp_path / "sweep"
     code, stdout, err = run_cli("sweep", "vit-digits", "--target", "npu", "-o", out, "--prune", "0,0.2",
                                 "--token-budget", "0.5", "--token-layer", "0", "--recipe", recipe, "-q")
