@@ -48,11 +48,11 @@ def main() -> None:
                                      ratio <= BARS[target][name]))
             if "npu" in r:
                 verdicts.append((f"npu: HTP coverage {r['npu']['coverage']:.1%}", r["npu"]["runs_fully"]))
-    print(f"{'target':<7}{'artifact@runtime':<28}{'kind':<10}{'perplexity':>11}{'float':>9}{'ratio':>8}"
+    print(f"{'target':<7}{'artifact@runtime':<46}{'kind':<10}{'perplexity':>11}{'float':>9}{'ratio':>8}"
           f"{'tokens':>8}{'MB':>7}")
-    print("-" * 88)
+    print("-" * 106)
     for t, name, kind, v, f, ratio, n, size in rows:
-        print(f"{t:<7}{name:<28}{kind:<10}{v:>11.3f}{f:>9.3f}{ratio:>8.4f}{n:>8}{size / 1e6:>7.2f}")
+        print(f"{t:<7}{name:<46}{kind:<10}{v:>11.3f}{f:>9.3f}{ratio:>8.4f}{n:>8}{size / 1e6:>7.2f}")
     print()
     for text, ok in verdicts:
         print(f"{'PASS' if ok else 'FAIL'}  {text}")
