@@ -93,7 +93,7 @@ class TextGeneration(Task):
 
     def feeds(self, model, calib: Path | None, recipe) -> Feeds:
         cfg, tok = model.config, model.tokenizer
-        eos = _first(cfg.eos_token_id)
+        eos = (eos_ids(cfg) or [None])[0]
         length = window(cfg, recipe)
         texts = prose.split("calib") if calib is None else calibration_texts(calib, 10 ** 9)
         if not texts:
@@ -141,8 +141,7 @@ class TextGeneration(Task):
 
     def generation_info(self, config, recipe) -> dict:
         """What every engine's loop needs beside the weights: special ids and the static context."""
-        eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-        return {"bos_token_id": config.bos_token_id, "eos_token_ids": [e for e in eos if e is not None],
+        return {"bos_token_id": config.bos_token_id, "eos_token_ids": eos_ids(config),
                 "pad_token_id": config.pad_token_id, "context_length": context(config, recipe),
                 "vocab_size": config.vocab_size}
 
@@ -157,6 +156,7 @@ class TextGeneration(Task):
         return ("greedy tokens identical" if same else "greedy tokens differ"), same
 
 
-def _first(value):
-    return value[0] if isinstance(value, list) else value
-
+def eos_ids(config) -> list[int]:
+    """config.eos_token_id as a list: transformers allows one id, a list, or none."""
+    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    return [e for e in eos if e is not None]
