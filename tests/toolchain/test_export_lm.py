@@ -185,3 +185,36 @@ def test_npu_export_runs_whole_on_the_htp(run_cli, llama_dir, tmp_path):
     assert "model.onnx@qnn-htp" in report["perplexity"]["per_runtime"]
     code, _, err = run_cli("generate", out, "--prompt", PROMPT, "--runtime", "executorch")
     assert code == 2 and "executorch" in err
+    _first_token_with_plain_onnxruntime(out, manifest)
+
+
+def _first_token_with_plain_onnxruntime(out, manifest):
+    """An app's prefill from manifest.json alone: plain onnxruntime, rotary rows, mask and cache update by
+    the documented rules, the cache starting at its zero point; the next token is the golden one."""
+    import onnxruntime as ort
+
+    from edgec.toolchain.golden import read_golden
+
+    art = manifest["artifacts"][0]
+    engine, golden = art["engine"], read_golden(out / art["golden"]["path"])
+    prompt, want = golden["prompt/0"], golden["tokens/ort-cpu/0"]
+    ctx, chunk, d = engine["context"], engine["chunk"], engine["rope"]["head_dim"]
+    cache = {t["name"]: np.full(t["shape"], engine["cache"]["zero_point"][t["name"]], np.uint16)
+             for t in engine["inputs"][4:]}
+    session = ort.InferenceSession(str(out / art["path"]), providers=["CPUExecutionProvider"])
+    for p in range(0, len(prompt), chunk):
+        n = min(chunk, len(prompt) - p)
+        rows = np.minimum(np.arange(chunk), n - 1)  # rows past the real tokens copy the last one
+        freqs = (p + rows)[:, None] / engine["rope"]["theta"] ** (np.arange(0, d, 2) / d)[None]
+        angles = np.concatenate([freqs, freqs], -1).astype(np.float32)
+        mask = np.full((1, 1, chunk, ctx + chunk), engine["mask_value"], np.float32)
+        mask[..., :p] = 0
+        for r in range(chunk):
+            mask[0, 0, r, ctx:ctx + rows[r] + 1] = 0
+        feed = {"input_ids": prompt[p + rows][None].astype(np.int32), "cos": np.cos(angles),
+                "sin": np.sin(angles), "mask": mask, **cache}
+        names = ["logits", *(k.replace("past_", "new_") for k in cache)]
+        logits, *new = session.run(names, feed)
+        for k, v in zip(cache, new):
+            cache[k][:, :, p:p + n] = v[:, :, :n]
+    assert int(logits[0, n - 1].argmax()) == int(want[0])
