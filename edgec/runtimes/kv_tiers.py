@@ -1,0 +1,461 @@
+"""A tiered KV cache with attention over its chunks: hot window in memory, then host RAM or disk.
+
+Per layer the cache is cut into chunks of `chunk` tokens (keys after RoPE,
+values). The newest chunks and the first one (the attention sink) stay in a
+per-layer arena in memory as long as the budget allows; older ones move to
+the host tier (encoded in `dtype`) or to disk (`kv_store`). Each chunk keeps
+Quest's abstract of its keys, the per-channel min and max, so the upper bound
+of q.k over it is known without reading it.
+
+Attention is an online softmax over parts (the arena, then each chunk as it
+arrives), so no step ever needs the whole cache in memory: `exact` streams
+every chunk through, `topk` streams the sink, the recent chunks and the N
+chunks of highest bound per KV head. Reads run on a thread pool ahead of use,
+into a window of `staging` bytes, across layer boundaries when the whole
+step's reads are known in advance (exact), so the disk works while the CPU
+computes.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from edgec.errors import InputError
+from edgec.runtimes.kv_store import DTYPES, ChunkRef, ChunkStore, decode, encode, payload_size
+
+OFFLOAD = ("none", "host", "disk")
+POLICIES = ("exact", "topk")
+EMPTY = np.iinfo(np.int64).max  # the position of an empty arena row: masked for every query
+
+
+@dataclass(frozen=True)
+class KVOptions:
+    """How the cache is kept; the CLI's --kv-* options one to one."""
+
+    offload: str = "none"
+    budget: int | None = None  # bytes of KV state in memory (hot window, staging, abstracts); host/disk only
+    policy: str = "exact"
+    topk: int = 8  # chunks per KV head besides the sink and the recent ones
+    chunk: int = 64  # tokens per chunk
+    dtype: str = "float32"  # of offloaded chunks
+    dir: Path | None = None  # disk tier root (default: a temporary folder)
+    sink: int = 1  # first chunks always attended
+    recent: int = 1  # last sealed chunks always attended (the open one always is)
+    overlap: bool = True  # read ahead on a thread pool; off: read each chunk when it is needed
+    io_threads: int = 4
+    keep_hot: bool = True  # off: every sealed chunk leaves memory at once (a naive offload)
+
+    def check(self) -> None:
+        if self.offload not in OFFLOAD:
+            raise InputError(f"unknown --kv-offload '{self.offload}': use one of {', '.join(OFFLOAD)}")
+        if self.policy not in POLICIES:
+            raise InputError(f"unknown --kv-policy '{self.policy}': use one of {', '.join(POLICIES)}")
+        if self.dtype not in DTYPES:
+            raise InputError(f"unknown --kv-dtype '{self.dtype}': use one of {', '.join(DTYPES)}")
+        if self.chunk < 1 or self.topk < 1 or self.io_threads < 1:
+            raise InputError("--kv-chunk and --kv-topk must be at least 1")
+        if self.offload == "none" and self.dtype != "float32":
+            raise InputError("--kv-dtype applies to offloaded chunks: use it with --kv-offload host or disk")
+        if self.offload != "none" and self.budget is None:
+            raise InputError(f"--kv-offload {self.offload} needs --kv-budget (bytes of KV kept in memory, "
+                             "e.g. 64MB)")
+
+
+@dataclass
+class Chunk:
+    start: int
+    end: int
+    slot: int | None  # arena slot while in memory
+    host: bytes | None = None  # host tier: the encoded payload
+    ref: ChunkRef | None = None  # disk tier
+
+
+@dataclass
+class StepStats:
+    """What the cache did, summed over steps: for reports and tests."""
+
+    steps: int = 0
+    chunks_attended: int = 0
+    chunks_read: int = 0
+    bytes_read: int = 0
+    chunks_spilled: int = 0
+    recall_hits: int = 0  # top-k audit: selected chunks among the N that carry most attention weight
+    recall_total: int = 0
+
+    @property
+    def recall(self) -> float:
+        return self.recall_hits / self.recall_total if self.recall_total else float("nan")
+
+
+class _Online:
+    """Softmax(q k^T) v accumulated part by part (flash-attention style), float32."""
+
+    def __init__(self, q: np.ndarray):
+        self.q = q  # [kvh, R, D], already scaled
+        kvh, rows, d = q.shape
+        self.m = np.full((kvh, rows, 1), -np.inf, np.float32)
+        self.l = np.zeros((kvh, rows, 1), np.float32)
+        self.acc = np.zeros((kvh, rows, d), np.float32)
+
+    def add(self, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> None:
+        s = np.matmul(self.q, k.transpose(0, 2, 1))
+        if mask is not None:
+            s += mask
+        m = np.maximum(self.m, s.max(axis=-1, keepdims=True))
+        safe = np.where(np.isfinite(m), m, 0.0).astype(np.float32)
+        p = np.exp(s - safe)
+        scale = np.exp(self.m - safe)
+        self.l = self.l * scale + p.sum(axis=-1, keepdims=True)
+        self.acc = self.acc * scale + np.matmul(p, v)
+        self.m = m
+
+    def result(self) -> np.ndarray:
+        return self.acc / self.l
+
+
+@dataclass
+class _Layer:
+    kv_heads: int
+    dim: int
+    chunk: int
+    k: np.ndarray = None  # arena [kvh, slots * chunk, D]
+    v: np.ndarray = None
+    pos: np.ndarray = None  # [slots * chunk] token position of each arena row, EMPTY if none
+    free: list[int] = field(default_factory=list)
+    chunks: list[Chunk] = field(default_factory=list)  # sealed, in token order
+    kmin: np.ndarray = None  # [n_chunks, kvh, D], parallel to `chunks`
+    kmax: np.ndarray = None
+    open_slot: int | None = None
+    open_start: int = 0
+    open_n: int = 0
+
+    def __post_init__(self):
+        self.k = np.zeros((self.kv_heads, 0, self.dim), np.float32)
+        self.v = np.zeros_like(self.k)
+        self.pos = np.zeros(0, np.int64)
+        self.kmin = np.zeros((0, self.kv_heads, self.dim), np.float32)
+        self.kmax = np.zeros_like(self.kmin)
+
+    def alloc(self) -> int:
+        if not self.free:
+            slots = self.pos.size // self.chunk
+            grow = max(slots, 4)
+            self.k = np.concatenate([self.k, np.zeros((self.kv_heads, grow * self.chunk, self.dim), np.float32)], 1)
+            self.v = np.concatenate([self.v, np.zeros((self.kv_heads, grow * self.chunk, self.dim), np.float32)], 1)
+            self.pos = np.concatenate([self.pos, np.full(grow * self.chunk, EMPTY, np.int64)])
+            self.free = list(range(slots + grow - 1, slots - 1, -1))
+        return self.free.pop()
+
+    def rows(self, slot: int) -> slice:
+        return slice(slot * self.chunk, (slot + 1) * self.chunk)
+
+    @property
+    def resident(self) -> list[Chunk]:
+        return [c for c in self.chunks if c.slot is not None]
+
+
+class TieredKV:
+    """The KV cache of one generation; `append` then `attend` per layer, `end_step` after the last."""
+
+    def __init__(self, layers: list[dict], options: KVOptions, fingerprint: bytes, max_tokens: int):
+        options.check()
+        self.o = options
+        kvh = {l["kv_heads"] for l in layers}
+        dims = {l["head_dim"] for l in layers}
+        self.kv_heads, self.dim = max(kvh), dims.pop()
+        self.groups = [l["heads"] // l["kv_heads"] for l in layers]
+        self.layers = [_Layer(l["kv_heads"], self.dim, options.chunk) for l in layers]
+        self.stats = StepStats()
+        self.audit = False  # top-k: also measure the recall of the selection (needs every chunk in memory)
+        c = options.chunk
+        self.chunk_bytes = 2 * self.kv_heads * c * self.dim * 4
+        self.hot_slots = None  # per layer, open slot included; None: unbounded
+        self.store = None
+        if options.offload != "none":
+            self.hot_slots, self.staging = self._plan_memory(len(layers), max_tokens)
+        if options.offload == "disk":
+            self.store = ChunkStore(options.dir, fingerprint, options.dtype, self.kv_heads, self.dim)
+        self.pool = ThreadPoolExecutor(options.io_threads, "kv-read") if options.overlap and \
+            options.offload != "none" else None
+
+    # -- memory plan -------------------------------------------------------------------------------
+
+    def _plan_memory(self, n_layers: int, max_tokens: int) -> tuple[int, int]:
+        """The budget pays for abstracts (at the longest context), read staging, then the hot window."""
+        o, c = self.o, self.o.chunk
+        abstracts = n_layers * -(-max_tokens // c) * 2 * self.kv_heads * self.dim * 4
+        staging = max(2 * o.io_threads, o.budget // 4 // self.chunk_bytes) if o.overlap else 1
+        staging = min(staging, 256)
+        open_slots = n_layers  # every layer's open chunk lives in its arena
+        fixed = abstracts + (staging + open_slots) * self.chunk_bytes
+        if o.budget < fixed:
+            raise InputError(f"--kv-budget {_mb(o.budget)} is too small for this model at {max_tokens} tokens: "
+                             f"it needs {_mb(fixed)} for chunk abstracts, read buffers and each layer's open "
+                             f"chunk; raise --kv-budget or use a smaller --kv-chunk")
+        spare = (o.budget - fixed) // self.chunk_bytes // n_layers if o.keep_hot else 0
+        return 1 + spare, staging
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def append(self, i: int, k: np.ndarray, v: np.ndarray, start: int) -> None:
+        """k, v [kvh, S, D] of positions start .. start+S-1, in order."""
+        layer, done = self.layers[i], 0
+        while done < k.shape[1]:
+            if layer.open_slot is None:
+                layer.open_slot, layer.open_start, layer.open_n = layer.alloc(), start + done, 0
+            take = min(k.shape[1] - done, layer.chunk - layer.open_n)
+            rows = slice(layer.open_slot * layer.chunk + layer.open_n,
+                         layer.open_slot * layer.chunk + layer.open_n + take)
+            layer.k[:, rows], layer.v[:, rows] = k[:, done:done + take], v[:, done:done + take]
+            layer.pos[rows] = np.arange(start + done, start + done + take)
+            layer.open_n += take
+            done += take
+            if layer.open_n == layer.chunk:
+                self._seal(i)
+        self._enforce(i)
+
+    def _seal(self, i: int) -> None:
+        layer = self.layers[i]
+        rows = layer.rows(layer.open_slot)
+        keys = layer.k[:, rows]
+        layer.kmin = np.concatenate([layer.kmin, keys.min(axis=1)[None]])
+        layer.kmax = np.concatenate([layer.kmax, keys.max(axis=1)[None]])
+        layer.chunks.append(Chunk(layer.open_start, layer.open_start + layer.chunk, layer.open_slot))
+        layer.open_slot = None
+
+    def _enforce(self, i: int) -> None:
+        """Spill the oldest resident chunk (the sink last) until the layer's arena fits its share."""
+        if self.hot_slots is None:
+            return
+        layer = self.layers[i]
+        resident = layer.resident
+        keep = self.hot_slots - (layer.open_slot is not None)
+        while len(resident) > keep:
+            sinks = [c for c in resident if c.start < self.o.sink * self.o.chunk]
+            others = [c for c in resident if c not in sinks]
+            victim = (others or sinks)[0]
+            self._spill(i, victim)
+            resident.remove(victim)
+
+    def _spill(self, i: int, c: Chunk) -> None:
+        layer = self.layers[i]
+        rows = layer.rows(c.slot)
+        k, v = layer.k[:, rows], layer.v[:, rows]
+        if self.store is not None:
+            c.ref = self.store.write(i, c.start, k, v)
+        else:
+            c.host = encode(k, v, self.o.dtype)
+        layer.pos[rows] = EMPTY
+        layer.free.append(c.slot)
+        c.slot = None
+        self.stats.chunks_spilled += 1
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    def _load(self, i: int, c: Chunk) -> tuple[np.ndarray, np.ndarray]:
+        if c.ref is not None:
+            return self.store.read(c.ref)
+        return decode(c.host, self.o.dtype, self.layers[i].kv_heads, c.end - c.start, self.dim)
+
+    def _nbytes(self, c: Chunk) -> int:
+        return c.ref.nbytes if c.ref is not None else len(c.host)
+
+    def attend(self, i: int, q: np.ndarray, start: int) -> np.ndarray:
+        """q [heads, S, D] at positions start .. start+S-1 (already appended) -> context [S, heads * D]."""
+        layer, g = self.layers[i], self.groups[i]
+        heads, s, d = q.shape
+        qg = (q.reshape(layer.kv_heads, g * s, d) * np.float32(d ** -0.5)).astype(np.float32)
+        row_pos = np.tile(np.arange(start, start + s), g)  # row r*S + j is query position start + j
+        acc = _Online(qg)
+        if self.o.policy == "topk" and s == 1:
+            resident, offloaded, head_mask = self._select(i, qg)
+        else:
+            resident = [c for c in layer.chunks if c.slot is not None]
+            offloaded = [c for c in layer.chunks if c.slot is None]
+            head_mask = {}
+        self._attend_arena(acc, layer, resident, head_mask, row_pos, s)
+        for c, (k, v) in self._stream(i, offloaded):
+            mask = None
+            if c.end > start:  # a chunk holding some of the new tokens: causal inside it
+                mask = np.where(np.arange(c.start, c.end)[None, :] > row_pos[:, None], -np.inf, 0).astype(np.float32)
+            if c.start in head_mask:
+                mask = head_mask[c.start] if mask is None else mask + head_mask[c.start]
+            acc.add(k, v, mask)
+        self.stats.chunks_attended += len(resident) + len(offloaded) + 1
+        out = acc.result().reshape(layer.kv_heads, g, s, d).reshape(heads, s, d)
+        return np.ascontiguousarray(out.transpose(1, 0, 2)).reshape(s, heads * d)
+
+    def _attend_arena(self, acc: _Online, layer: _Layer, chunks: list[Chunk], head_mask: dict,
+                      row_pos: np.ndarray, s: int) -> None:
+        """The open chunk and the resident `chunks`: the whole arena in a few products when that is what
+        is attended, else the gathered columns; column blocks keep the scores small for long prompts."""
+        if not head_mask and len(chunks) == len(layer.resident):
+            k, v, pos, hm = layer.k, layer.v, layer.pos, None
+        else:
+            slots = [c.slot for c in chunks] + ([layer.open_slot] if layer.open_slot is not None else [])
+            cols = (np.asarray(slots, np.int64)[:, None] * layer.chunk + np.arange(layer.chunk)[None]).reshape(-1)
+            k, v, pos, hm = layer.k[:, cols], layer.v[:, cols], layer.pos[cols], None
+            if head_mask:
+                hm = np.zeros((layer.kv_heads, 1, pos.size), np.float32)
+                for n, c in enumerate(chunks):
+                    if c.start in head_mask:
+                        hm[:, :, n * layer.chunk:(n + 1) * layer.chunk] = head_mask[c.start]
+        block = max(layer.chunk, (1 << 22) // max(acc.q.shape[1] * layer.kv_heads, 1) // layer.chunk * layer.chunk)
+        for a in range(0, pos.size, block):
+            p = pos[a:a + block]
+            mask = np.where(p[None, :] > row_pos[:, None], -np.inf, 0).astype(np.float32) \
+                if s > 1 or p[-1] == EMPTY or (p == EMPTY).any() else None
+            if hm is not None:
+                mask = hm[:, :, a:a + block] if mask is None else mask + hm[:, :, a:a + block]
+            if mask is not None and s == 1 and np.isneginf(mask).all():
+                continue
+            acc.add(k[:, a:a + block], v[:, a:a + block], mask)
+
+    def _select(self, i: int, qg: np.ndarray):
+        """Sink and recent chunks, plus the top-N chunks per KV head by Quest's bound on q.k."""
+        layer, o = self.layers[i], self.o
+        n = len(layer.chunks)
+        always = set(range(min(o.sink, n))) | set(range(max(n - o.recent, 0), n))
+        cand = np.array([j for j in range(n) if j not in always], np.int64)
+        chosen: dict[int, np.ndarray] = {}  # chunk index -> [kvh] bool
+        if cand.size:
+            qe = qg[None]  # [1, kvh, g, D]
+            bound = np.maximum(qe * layer.kmin[cand][:, :, None, :], qe * layer.kmax[cand][:, :, None, :])
+            score = bound.sum(axis=(2, 3))  # [cand, kvh]
+            top = min(o.topk, cand.size)
+            picks = np.argpartition(-score, top - 1, axis=0)[:top]  # [top, kvh]
+            for h in range(layer.kv_heads):
+                for j in cand[picks[:, h]]:
+                    chosen.setdefault(int(j), np.zeros(layer.kv_heads, bool))[h] = True
+            if self.audit:
+                self._audit(i, qg, cand, picks, top)
+        head_mask = {layer.chunks[j].start: np.where(sel, 0, -np.inf).astype(np.float32)[:, None, None]
+                     for j, sel in chosen.items() if not sel.all()}
+        picked = sorted(always | set(chosen))
+        chunks = [layer.chunks[j] for j in picked]
+        return ([c for c in chunks if c.slot is not None], [c for c in chunks if c.slot is None], head_mask)
+
+    def _audit(self, i: int, qg: np.ndarray, cand: np.ndarray, picks: np.ndarray, top: int) -> None:
+        """Recall of the selection against the `top` candidates that full attention weights most."""
+        layer = self.layers[i]
+        keys = np.stack([self._keys(i, layer.chunks[j]) for j in cand])  # [cand, kvh, C, D]
+        logits = np.einsum("hgd,nhcd->hgnc", qg, keys)
+        mass = np.exp(logits - logits.max(axis=(2, 3), keepdims=True)).sum(axis=(1, 3))  # [kvh, cand]
+        for h in range(layer.kv_heads):
+            truth = set(np.argsort(-mass[h])[:top].tolist())
+            self.stats.recall_hits += len(truth & set(picks[:, h].tolist()))
+            self.stats.recall_total += top
+
+    def _keys(self, i: int, c: Chunk) -> np.ndarray:
+        if c.slot is not None:
+            return self.layers[i].k[:, self.layers[i].rows(c.slot)]
+        return self._load(i, c)[0]
+
+    def begin_step(self, s: int) -> None:
+        """Before layer 0 of a step of `s` tokens: where every chunk of every layer will be read (exact
+        attention), queue all the reads, so layer i+1's come in while layer i computes."""
+        self._ahead = None
+        if self.pool is not None and (self.o.policy == "exact" or s > 1):
+            plan = [(i, c) for i, layer in enumerate(self.layers) for c in layer.chunks if c.slot is None]
+            self._ahead = _ReadAhead(self.pool, self._load, plan, self.staging)
+
+    def _stream(self, i: int, chunks: list[Chunk]):
+        """(chunk, (k, v)) for each chunk, in the order reads complete."""
+        if not chunks:
+            return
+        self.stats.chunks_read += len(chunks)
+        self.stats.bytes_read += sum(self._nbytes(c) for c in chunks)
+        if self.pool is None:
+            for c in chunks:
+                yield c, self._load(i, c)
+            return
+        ahead = getattr(self, "_ahead", None)
+        planned = ahead.planned(i) if ahead is not None else set()
+        rest = [c for c in chunks if id(c) not in planned]  # spilled during this step: not in the plan
+        if planned:
+            yield from ahead.take(i, {id(c) for c in chunks})
+        if rest:
+            yield from _ReadAhead(self.pool, self._load, [(i, c) for c in rest], self.staging).take(i, None)
+
+    def end_step(self) -> None:
+        self.stats.steps += 1
+
+    def evict_page_cache(self) -> None:
+        if self.store is not None:
+            self.store.evict_page_cache()
+
+    @property
+    def tokens(self) -> int:
+        layer = self.layers[0]
+        return (layer.chunks[-1].end if layer.chunks else 0) + layer.open_n
+
+    def memory_bytes(self) -> int:
+        """KV state held in memory now: arenas, abstracts and the host tier."""
+        total = 0
+        for layer in self.layers:
+            total += layer.k.nbytes + layer.v.nbytes + layer.kmin.nbytes + layer.kmax.nbytes
+            total += sum(len(c.host) for c in layer.chunks if c.host is not None)
+        return total
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        if self.store is not None:
+            self.store.close()
+
+
+class _ReadAhead:
+    """Reads of a planned list of (layer, chunk), in plan order, at most `window` in flight or unconsumed."""
+
+    def __init__(self, pool: ThreadPoolExecutor, load, plan: list[tuple[int, Chunk]], window: int):
+        self.pool, self.load, self.window = pool, load, window
+        self.plan = deque(plan)
+        self.pending: dict[Future, tuple[int, Chunk]] = {}
+        self.fill()
+
+    def fill(self) -> None:
+        while self.plan and len(self.pending) < self.window:
+            i, c = self.plan.popleft()
+            self.pending[self.pool.submit(self.load, i, c)] = (i, c)
+
+    def planned(self, i: int) -> set[int]:
+        return {id(c) for j, c in list(self.pending.values()) + list(self.plan) if j == i}
+
+    def take(self, i: int, wanted: set[int] | None):
+        """Layer i's planned chunks as their reads complete; a plan is consumed layer by layer."""
+        try:
+            while True:
+                mine = [f for f, (j, _) in self.pending.items() if j == i]
+                if not mine:
+                    if any(j == i for j, _ in self.plan):
+                        for f in [f for f, (j, _) in self.pending.items() if j < i]:  # never consumed
+                            f.cancel()
+                            del self.pending[f]
+                        self.fill()
+                        continue
+                    return
+                done, _ = wait(mine, return_when=FIRST_COMPLETED)
+                for f in done:
+                    _, c = self.pending.pop(f)
+                    kv = f.result()
+                    self.fill()
+                    if wanted is None or id(c) in wanted:
+                        yield c, kv
+        except BaseException:
+            for f in self.pending:
+                f.cancel()
+            raise
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def chunk_payload(options: KVOptions, kv_heads: int, dim: int) -> int:
+    return payload_size(options.dtype, kv_heads, options.chunk, dim)
