@@ -24,9 +24,8 @@ from torch import nn
 
 from edgec.errors import ExportError
 from edgec.exporters.onnx_genai import OPSET, WEIGHT_BITS, _quantize
-from edgec.models.decoder import Decoder, apply_rope
-
-SPEC_FILE = "stages.json"
+from edgec.models.decoder import Decoder
+from edgec.runtimes.tiered_lm import SPEC_FILE
 
 
 def stage_file(i: int) -> str:

@@ -56,6 +56,9 @@ RUNTIMES = {r.name: r for r in [
             package="executorch", lm_module="edgec.runtimes.executorch_llm"),
     Runtime("ort-genai", "", "ONNX Runtime GenAI (og.Generator), CPU", package="onnxruntime-genai",
             lm_module="edgec.runtimes.ort_genai"),
+    Runtime("ort-tiered", "", "ONNX Runtime over the decoder stages, attention over edgec's tiered KV cache "
+            "(memory, host, disk; exact or top-k chunks)", package="onnxruntime",
+            lm_module="edgec.runtimes.tiered_lm"),
     Runtime("torch", "", "transformers generate, eager float32 (the reference)", package="transformers",
             lm_module="edgec.runtimes.torch_lm"),
 ]}

@@ -134,10 +134,13 @@ class _Layer:
     open_start: int = 0
     open_n: int = 0
 
+    slots: int = 0  # arena size up front (np.zeros: pages cost memory only once written)
+
     def __post_init__(self):
-        self.k = np.zeros((self.kv_heads, 0, self.dim), np.float32)
+        self.k = np.zeros((self.kv_heads, self.slots * self.chunk, self.dim), np.float32)
         self.v = np.zeros_like(self.k)
-        self.pos = np.zeros(0, np.int64)
+        self.pos = np.full(self.slots * self.chunk, EMPTY, np.int64)
+        self.free = list(range(self.slots - 1, -1, -1))
         self.kmin = np.zeros((0, self.kv_heads, self.dim), np.float32)
         self.kmax = np.zeros_like(self.kmin)
 
@@ -169,15 +172,16 @@ class TieredKV:
         dims = {l["head_dim"] for l in layers}
         self.kv_heads, self.dim = max(kvh), dims.pop()
         self.groups = [l["heads"] // l["kv_heads"] for l in layers]
-        self.layers = [_Layer(l["kv_heads"], self.dim, options.chunk) for l in layers]
         self.stats = StepStats()
-        self.audit = False  # top-k: also measure the recall of the selection (needs every chunk in memory)
+        self.audit = False  # top-k: also measure the recall of the selection
         c = options.chunk
         self.chunk_bytes = 2 * self.kv_heads * c * self.dim * 4
         self.hot_slots = None  # per layer, open slot included; None: unbounded
         self.store = None
         if options.offload != "none":
             self.hot_slots, self.staging = self._plan_memory(len(layers), max_tokens)
+        slots = self.hot_slots + 1 if self.hot_slots is not None else -(-max_tokens // c) + 1
+        self.layers = [_Layer(l["kv_heads"], self.dim, c, slots=slots) for l in layers]
         if options.offload == "disk":
             self.store = ChunkStore(options.dir, fingerprint, options.dtype, self.kv_heads, self.dim)
         self.pool = ThreadPoolExecutor(options.io_threads, "kv-read") if options.overlap and \
@@ -401,6 +405,21 @@ class TieredKV:
             total += layer.k.nbytes + layer.v.nbytes + layer.kmin.nbytes + layer.kmax.nbytes
             total += sum(len(c.host) for c in layer.chunks if c.host is not None)
         return total
+
+    def contents(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Layer i's keys and values [kvh, tokens, D] in token order, from whichever tier holds them."""
+        layer = self.layers[i]
+        parts = [(layer.k[:, layer.rows(c.slot)], layer.v[:, layer.rows(c.slot)]) if c.slot is not None
+                 else self._load(i, c) for c in layer.chunks]
+        if layer.open_slot is not None:
+            rows = slice(layer.open_slot * layer.chunk, layer.open_slot * layer.chunk + layer.open_n)
+            parts.append((layer.k[:, rows], layer.v[:, rows]))
+        return np.concatenate([p[0] for p in parts], 1), np.concatenate([p[1] for p in parts], 1)
+
+    def summary(self) -> dict:
+        return {"tokens": self.tokens, "chunks": len(self.layers[0].chunks), "spilled": self.stats.chunks_spilled,
+                "chunks_read": self.stats.chunks_read, "mb_read": round(self.stats.bytes_read / 2**20, 2),
+                "steps": self.stats.steps, "offload": self.o.offload, "policy": self.o.policy}
 
     def close(self) -> None:
         if self.pool is not None:

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from edgec.errors import BackendError, InputError
-from edgec.exporters.onnx_stages import SPEC_FILE
 from edgec.runtimes.kv_tiers import KVOptions, TieredKV
 from edgec.runtimes.llm import Generation, OnText, Recorder, Sampling, sample
 from edgec.runtimes.tokens import TokenBytes
 
+SPEC_FILE = "stages.json"  # what exporters/onnx_stages writes beside the stage graphs
 THREADS = 2
 PREFILL = 256  # prompt tokens per step: bounds the activations and the attention scores
 
@@ -143,8 +143,10 @@ def _fingerprint(stages: Path, spec: dict) -> bytes:
     return h.digest()
 
 
-def load_lm(stages: Path, tokenizer: Path | None, info: dict | None = None, kv: KVOptions | None = None) -> TieredLM:
-    lm = TieredLM(Path(stages), TokenBytes(Path(tokenizer)) if tokenizer else None, kv or KVOptions())
-    eos = (info or {}).get("eos_token_ids") or []
+def load_lm(stages: Path, tokenizer: Path | None, info: dict | None = None) -> TieredLM:
+    """`info`: the generation fields (`eos_token_ids`) and `kv`, the KVOptions (default: all in memory)."""
+    info = info or {}
+    lm = TieredLM(Path(stages), TokenBytes(Path(tokenizer)) if tokenizer else None, info.get("kv") or KVOptions())
+    eos = info.get("eos_token_ids") or []
     lm.eos = tuple(int(e) for e in eos)
     return lm

@@ -234,7 +234,21 @@ def _run_lm(b, runtime: str | None, check: bool, has_input: bool) -> None:
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the statistics as one JSON line on stderr.")
-def generate(source, prompt, prompt_file, max_new_tokens, runtime, temperature, top_p, seed, as_json) -> None:
+@click.option("--kv-offload", type=click.Choice(["none", "host", "disk"]),
+              help="Tiered KV cache (runtime ort-tiered): chunks beyond --kv-budget go to host RAM or disk.")
+@click.option("--kv-budget", metavar="BYTES", help="KV state kept in memory, e.g. 64MB or 1GiB.")
+@click.option("--kv-policy", type=click.Choice(["exact", "topk"]),
+              help="exact: every chunk is attended; topk: the sink, the recent chunk and the top --kv-topk "
+                   "chunks per KV head by Quest's bound [default: exact].")
+@click.option("--kv-topk", type=click.IntRange(min=1), help="Chunks per KV head for --kv-policy topk [default: 8].")
+@click.option("--kv-chunk", type=click.IntRange(min=1), help="Tokens per chunk [default: 64].")
+@click.option("--kv-dtype", type=click.Choice(["float32", "float16", "int8"]),
+              help="How offloaded chunks are stored (int8: per-token scales) [default: float32].")
+@click.option("--kv-dir", type=click.Path(path_type=Path),
+              help="Folder for disk chunks [default: a temporary folder]; each run keeps its own subfolder "
+                   "and removes it at exit.")
+def generate(source, prompt, prompt_file, max_new_tokens, runtime, temperature, top_p, seed, as_json,
+             kv_offload, kv_budget, kv_policy, kv_topk, kv_chunk, kv_dtype, kv_dir) -> None:
     """Generate text from SOURCE (a model directory, a zoo name or an exported bundle), streamed to stdout."""
     _quiet_torch()
     import json
@@ -250,7 +264,8 @@ def generate(source, prompt, prompt_file, max_new_tokens, runtime, temperature, 
             prompt = Path(prompt_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             _fail(f"cannot read --prompt-file {prompt_file} ({e.__class__.__name__}): give a UTF-8 text file")
-    opened = open_lm(source, runtime)
+    kv = _kv_options(kv_offload, kv_budget, kv_policy, kv_topk, kv_chunk, kv_dtype, kv_dir)
+    opened = open_lm(source, runtime, kv)
     out = click.get_text_stream("stdout")
     g = run_generate(opened, prompt, max_new_tokens, Sampling(temperature, top_p, seed),
                      on_text=lambda t: (out.write(t), out.flush()))
@@ -258,6 +273,9 @@ def generate(source, prompt, prompt_file, max_new_tokens, runtime, temperature, 
     out.flush()
     stats = {**g.stats(), "peak_rss_mb": round(peak_rss_mb(), 1), "runtime": opened.label,
              "threads": opened.session.threads}
+    cache = getattr(opened.session, "last_cache", None)
+    if cache is not None:
+        stats["kv"] = cache.summary()
     if as_json:
         click.echo(json.dumps(stats), err=True)
     else:
@@ -265,6 +283,37 @@ def generate(source, prompt, prompt_file, max_new_tokens, runtime, temperature, 
                    f"prefill {stats['prefill_tokens_per_s']} tokens/s, decode {stats['decode_tokens_per_s']} "
                    f"tokens/s, first token after {stats['time_to_first_token_ms']} ms, peak memory "
                    f"{stats['peak_rss_mb']:.0f} MB (process), {stats['threads']} threads", err=True)
+        if "kv" in stats:
+            k = stats["kv"]
+            click.echo(f"[KV cache] {k['tokens']} tokens in {k['chunks']} chunks per layer; {k['spilled']} chunks "
+                       f"moved out of memory, {k['chunks_read']} read back ({k['mb_read']:.1f} MB) over "
+                       f"{k['steps']} steps", err=True)
+
+
+def _kv_options(offload, budget, policy, topk, chunk, dtype, kv_dir):
+    """KVOptions when any --kv-* option is given, else None (the runtime's own cache)."""
+    from edgec.runtimes.kv_tiers import KVOptions
+
+    given = {k: v for k, v in dict(offload=offload, budget=budget, policy=policy, topk=topk, chunk=chunk,
+                                   dtype=dtype, dir=kv_dir).items() if v is not None}
+    if not given:
+        return None
+    if "budget" in given:
+        given["budget"] = _bytes(budget, "--kv-budget")
+    return KVOptions(**given)
+
+
+_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
+          "g": 1e9, "gb": 1e9, "gib": 2**30}
+
+
+def _bytes(text: str, option: str) -> int:
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
+    if m is None or m.group(2).lower() not in _UNITS or float(m.group(1)) <= 0:
+        _fail(f"{option} '{text}' is not a size: give bytes, e.g. 64MB, 512KiB or 1GB")
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
 
 
 @cli.group()

@@ -7,8 +7,12 @@ from pathlib import Path
 
 from edgec import runtimes
 from edgec.errors import InputError
+from edgec.runtimes.kv_tiers import KVOptions
 from edgec.runtimes.llm import Generation, OnText, Sampling
 from edgec.runtimes.tokens import TokenBytes
+
+
+TIERED = "ort-tiered"
 
 
 @dataclass
@@ -22,32 +26,69 @@ class Opened:
     eos: list[int]
 
 
-def open_lm(source: str, runtime: str | None) -> Opened:
-    """A bundle folder (manifest.json) runs on its engines; a zoo name or HF directory on torch."""
+def open_lm(source: str, runtime: str | None, kv: KVOptions | None = None) -> Opened:
+    """A bundle folder (manifest.json) runs on its engines; a zoo name or HF directory on torch, or with a
+    tiered KV cache (`kv`) on ONNX Runtime over its decoder stages."""
+    if kv is not None:
+        kv.check()
+        if runtime not in (None, TIERED):
+            raise InputError(f"the --kv-* options choose how {TIERED} keeps the KV cache: drop --runtime "
+                             f"{runtime} or give --runtime {TIERED}")
+        runtime = TIERED
     if (Path(source) / "manifest.json").is_file():
+        if runtime == TIERED:
+            raise InputError(f"--runtime {TIERED} runs the decoder stages edgec exports from the model itself: "
+                             f"give the model directory or zoo name instead of the bundle {source}")
         return _open_bundle(Path(source), runtime)
-    return _open_model(source, runtime or "torch")
+    return _open_model(source, runtime or "torch", kv)
 
 
-def _open_model(source: str, runtime: str) -> Opened:
+def _open_model(source: str, runtime: str, kv: KVOptions | None = None) -> Opened:
     from edgec.toolchain.load import inspect
 
+    if runtime == TIERED:
+        return _open_tiered(inspect(source), kv or KVOptions())
     if runtime != "torch":
         runtimes.runtime(runtime)  # an unknown name fails first, with the list
         raise InputError(f"--runtime {runtime} runs an exported bundle: run edgec export {source} --target "
                          f"{'npu' if runtime == 'qnn-htp' else 'cpu'} -o OUT, then edgec generate OUT "
                          f"--runtime {runtime}")
     src = inspect(source)
-    if src.kind != "causal-lm":
-        raise InputError(f"{source} is a {src.config.model_type} model, not a language model: edgec generate "
-                         "takes llama or qwen2 decoders")
+    _check_lm(src)
     tokenizer = src.path / "tokenizer.json"
-    if not tokenizer.is_file():
-        raise InputError(f"{src.path} has no tokenizer.json: save the model's fast tokenizer there")
     session = runtimes.runtime("torch").load_lm(src.path, tokenizer, {})
     eos = src.config.eos_token_id
     return Opened(session, TokenBytes(tokenizer), f"{src.name} on torch (transformers, float32)", session.context,
                   eos if isinstance(eos, list) else [eos])
+
+
+def _open_tiered(src, kv: KVOptions) -> Opened:
+    from edgec.toolchain.stages import stages_for
+
+    _check_lm(src)
+    stages = stages_for(src.path, src.name)
+    eos = src.config.eos_token_id
+    eos = eos if isinstance(eos, list) else [eos]
+    session = runtimes.runtime(TIERED).load_lm(stages, src.path / "tokenizer.json", {"eos_token_ids": eos, "kv": kv})
+    return Opened(session, TokenBytes(src.path / "tokenizer.json"), f"{src.name} on {TIERED} ({describe(kv)})",
+                  session.context, eos)
+
+
+def describe(kv: KVOptions) -> str:
+    if kv.offload == "none":
+        where = "KV in memory"
+    else:
+        where = f"KV {kv.offload}, budget {kv.budget / 2**20:.1f} MB, {kv.dtype} chunks"
+    policy = f"top-{kv.topk}" if kv.policy == "topk" else "exact"
+    return f"{where}, {policy} attention over {kv.chunk}-token chunks"
+
+
+def _check_lm(src) -> None:
+    if src.kind != "causal-lm":
+        raise InputError(f"{src.name} is a {src.config.model_type} model, not a language model: edgec generate "
+                         "takes llama or qwen2 decoders")
+    if not (src.path / "tokenizer.json").is_file():
+        raise InputError(f"{src.path} has no tokenizer.json: save the model's fast tokenizer there")
 
 
 def _open_bundle(root: Path, runtime: str | None) -> Opened:
