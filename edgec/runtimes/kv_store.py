@@ -11,6 +11,7 @@ session closes.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import struct
@@ -27,7 +28,22 @@ from edgec.errors import EdgecError
 MAGIC = b"EDGECKV\0"
 VERSION = 1
 DTYPES = {"float32": 0, "float16": 1, "int8": 2}
+LOCK = "owner.lock"
 _HEADER = struct.Struct("<8sHB5x32s16sIQQIIQI4x")  # magic ver dtype | fingerprint session | layer start end kvh D payload crc
+
+
+def sweep(base: Path) -> int:
+    """Remove the folders of sessions whose process is gone (killed, crashed); a live one holds its lock."""
+    removed = 0
+    for d in base.glob("kvcache-*"):
+        try:
+            with open(d / LOCK, "r+") as f:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(d, ignore_errors=True)
+                removed += 1
+        except (BlockingIOError, FileNotFoundError, NotADirectoryError):
+            continue
+    return removed
 
 
 class KVStoreError(EdgecError):
@@ -103,6 +119,10 @@ class ChunkStore:
             base.mkdir(parents=True, exist_ok=True)
             self.dir = base / f"kvcache-{self.key}"
             self.dir.mkdir()
+            # held while the session lives: a folder whose lock can be taken belongs to a dead process
+            self._owner = open(self.dir / LOCK, "w")
+            fcntl.flock(self._owner, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self.swept = sweep(base)
         except OSError as e:
             raise KVStoreError(f"cannot create the KV folder in {base} ({e.strerror}): "
                                "give a writable --kv-dir") from e
@@ -182,6 +202,8 @@ class ChunkStore:
     def evict_page_cache(self) -> None:
         """Ask the kernel to forget the cached pages of every chunk file, so the next reads hit the disk."""
         for entry in os.scandir(self.dir):
+            if not entry.name.endswith(".kv"):
+                continue
             fd = os.open(entry.path, os.O_RDONLY)
             try:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -192,4 +214,5 @@ class ChunkStore:
         if self.closed:
             return
         self.closed = True
+        self._owner.close()
         shutil.rmtree(self.dir if not self._own_root else self.dir.parent, ignore_errors=True)
