@@ -65,18 +65,16 @@ class ChunkRef:
         return f"layer {self.layer}, tokens {self.start}-{self.end - 1} ({self.path})"
 
 
-def encode(k: np.ndarray, v: np.ndarray, dtype: str) -> bytes:
-    """k, v [kv_heads, tokens, D] float32 -> the payload: as is, float16, or int8 with one scale per
-    (head, token) row for keys and values each."""
-    if dtype == "float32":
-        return k.astype(np.float32, copy=False).tobytes() + v.astype(np.float32, copy=False).tobytes()
-    if dtype == "float16":
-        return k.astype(np.float16).tobytes() + v.astype(np.float16).tobytes()
+def encode(k: np.ndarray, v: np.ndarray, dtype: str) -> list[np.ndarray]:
+    """k, v [kv_heads, tokens, D] float32 -> the payload's parts, contiguous, in file order: as is,
+    float16, or int8 with one scale per (head, token) row for keys and values each."""
+    if dtype in ("float32", "float16"):
+        return [np.ascontiguousarray(x, np.float32 if dtype == "float32" else np.float16) for x in (k, v)]
     parts = []
     for x in (k, v):
         scale = np.maximum(np.abs(x).max(axis=-1, keepdims=True), 1e-30).astype(np.float32) / 127.0
-        parts += [np.clip(np.rint(x / scale), -127, 127).astype(np.int8).tobytes(), scale.tobytes()]
-    return b"".join(parts)
+        parts += [np.clip(np.rint(x / scale), -127, 127).astype(np.int8), scale]
+    return parts
 
 
 def decode(payload, dtype: str, kv_heads: int, tokens: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -135,17 +133,20 @@ class ChunkStore:
     def write(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> ChunkRef:
         """Write atomically (temporary name, fsync, rename); a full disk leaves no partial file."""
         tokens = k.shape[1]
-        payload = encode(k, v, self.dtype)
+        parts = [memoryview(p).cast("B") for p in encode(k, v, self.dtype)]
+        size, crc = sum(p.nbytes for p in parts), 0
+        for p in parts:
+            crc = zlib.crc32(p, crc)
         header = _HEADER.pack(MAGIC, VERSION, DTYPES[self.dtype], self.fingerprint, self.session, layer,
-                              start, start + tokens, self.kv_heads, self.dim, len(payload), zlib.crc32(payload))
+                              start, start + tokens, self.kv_heads, self.dim, size, crc)
         path = self.dir / f"{self.key}-L{layer:03d}-{start:09d}.kv"
         tmp = path.with_name(f".{path.name}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
-                view = memoryview(header + payload)
-                while view:
-                    view = view[os.write(fd, view):]
+                for view in (memoryview(header), *parts):
+                    while view:
+                        view = view[os.write(fd, view):]
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -156,7 +157,7 @@ class ChunkStore:
                 raise KVStoreError(f"the KV folder {self.dir.parent} is full after {self.written >> 20} MB of "
                                    "chunks: free space there, point --kv-dir elsewhere or raise --kv-budget") from e
             raise KVStoreError(f"cannot write KV chunk {path} ({e.strerror}): check --kv-dir") from e
-        nbytes = _HEADER.size + len(payload)
+        nbytes = _HEADER.size + size
         self.written += nbytes
         return ChunkRef(path, layer, start, start + tokens, nbytes)
 

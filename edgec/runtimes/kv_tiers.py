@@ -40,7 +40,7 @@ class KVOptions:
     offload: str = "none"
     budget: int | None = None  # bytes of KV state in memory (hot window, staging, abstracts); host/disk only
     policy: str = "exact"
-    topk: int = 8  # chunks per KV head besides the sink and the recent ones
+    topk: int = 8  # chunks per layer besides the sink and the recent ones
     chunk: int = 64  # tokens per chunk
     dtype: str = "float32"  # of offloaded chunks
     dir: Path | None = None  # disk tier root (default: a temporary folder)
@@ -97,13 +97,14 @@ class _Online:
 
     def __init__(self, q: np.ndarray):
         self.q = q  # [kvh, R, D], already scaled
+        self.qt = np.ascontiguousarray(q.transpose(0, 2, 1))
         kvh, rows, d = q.shape
         self.m = np.full((kvh, rows, 1), -np.inf, np.float32)
         self.l = np.zeros((kvh, rows, 1), np.float32)
         self.acc = np.zeros((kvh, rows, d), np.float32)
 
     def add(self, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> None:
-        s = np.matmul(self.q, k.transpose(0, 2, 1))
+        s = np.matmul(k, self.qt).transpose(0, 2, 1)  # k [kvh, T, D] as stored: a gemv per head, no copy
         if mask is not None:
             s += mask
         m = np.maximum(self.m, s.max(axis=-1, keepdims=True))
@@ -128,20 +129,21 @@ class _Layer:
     pos: np.ndarray = None  # [slots * chunk] token position of each arena row, EMPTY if none
     free: list[int] = field(default_factory=list)
     chunks: list[Chunk] = field(default_factory=list)  # sealed, in token order
-    kmin: np.ndarray = None  # [n_chunks, kvh, D], parallel to `chunks`
+    kmin: np.ndarray = None  # [max chunks, kvh, D]; the first len(chunks) rows are in use
     kmax: np.ndarray = None
     open_slot: int | None = None
     open_start: int = 0
     open_n: int = 0
 
     slots: int = 0  # arena size up front (np.zeros: pages cost memory only once written)
+    max_chunks: int = 0
 
     def __post_init__(self):
         self.k = np.zeros((self.kv_heads, self.slots * self.chunk, self.dim), np.float32)
         self.v = np.zeros_like(self.k)
         self.pos = np.full(self.slots * self.chunk, EMPTY, np.int64)
         self.free = list(range(self.slots - 1, -1, -1))
-        self.kmin = np.zeros((0, self.kv_heads, self.dim), np.float32)
+        self.kmin = np.zeros((self.max_chunks, self.kv_heads, self.dim), np.float32)
         self.kmax = np.zeros_like(self.kmin)
 
     def alloc(self) -> int:
@@ -180,8 +182,9 @@ class TieredKV:
         self.store = None
         if options.offload != "none":
             self.hot_slots, self.staging = self._plan_memory(len(layers), max_tokens)
-        slots = self.hot_slots + 1 if self.hot_slots is not None else -(-max_tokens // c) + 1
-        self.layers = [_Layer(l["kv_heads"], self.dim, c, slots=slots) for l in layers]
+        slots = self.hot_slots if self.hot_slots is not None else -(-max_tokens // c) + 1
+        self.layers = [_Layer(l["kv_heads"], self.dim, c, slots=slots, max_chunks=-(-max_tokens // c))
+                       for l in layers]
         if options.offload == "disk":
             self.store = ChunkStore(options.dir, fingerprint, options.dtype, self.kv_heads, self.dim)
         self.pool = ThreadPoolExecutor(options.io_threads, "kv-read") if options.overlap and \
@@ -193,10 +196,10 @@ class TieredKV:
         """The budget pays for abstracts (at the longest context), read staging, then the hot window."""
         o, c = self.o, self.o.chunk
         abstracts = n_layers * -(-max_tokens // c) * 2 * self.kv_heads * self.dim * 4
-        staging = max(2 * o.io_threads, o.budget // 4 // self.chunk_bytes) if o.overlap else 1
-        staging = min(staging, 256)
+        # chunks read ahead; counted twice: a batch that arrived is also joined into one array to attend
+        staging = min(max(2 * o.io_threads, o.budget // 8 // self.chunk_bytes), 256) if o.overlap else 1
         open_slots = n_layers  # every layer's open chunk lives in its arena
-        fixed = abstracts + (staging + open_slots) * self.chunk_bytes
+        fixed = abstracts + (2 * staging + open_slots) * self.chunk_bytes
         if o.budget < fixed:
             raise InputError(f"--kv-budget {_mb(o.budget)} is too small for this model at {max_tokens} tokens: "
                              f"it needs {_mb(fixed)} for chunk abstracts, read buffers and each layer's open "
@@ -221,14 +224,18 @@ class TieredKV:
             done += take
             if layer.open_n == layer.chunk:
                 self._seal(i)
-        self._enforce(i)
+                self._enforce(i)
 
     def _seal(self, i: int) -> None:
         layer = self.layers[i]
         rows = layer.rows(layer.open_slot)
         keys = layer.k[:, rows]
-        layer.kmin = np.concatenate([layer.kmin, keys.min(axis=1)[None]])
-        layer.kmax = np.concatenate([layer.kmax, keys.max(axis=1)[None]])
+        n = len(layer.chunks)
+        if n == layer.kmin.shape[0]:  # past the planned context: room for as many again
+            layer.kmin = np.concatenate([layer.kmin, np.zeros_like(layer.kmin[:max(n, 1)])])
+            layer.kmax = np.concatenate([layer.kmax, np.zeros_like(layer.kmax[:max(n, 1)])])
+        np.min(keys, axis=1, out=layer.kmin[n])
+        np.max(keys, axis=1, out=layer.kmax[n])
         layer.chunks.append(Chunk(layer.open_start, layer.open_start + layer.chunk, layer.open_slot))
         layer.open_slot = None
 
@@ -238,7 +245,7 @@ class TieredKV:
             return
         layer = self.layers[i]
         resident = layer.resident
-        keep = self.hot_slots - (layer.open_slot is not None)
+        keep = self.hot_slots - 1  # the open chunk's slot, now or at the next token
         while len(resident) > keep:
             sinks = [c for c in resident if c.start < self.o.sink * self.o.chunk]
             others = [c for c in resident if c not in sinks]
@@ -253,7 +260,7 @@ class TieredKV:
         if self.store is not None:
             c.ref = self.store.write(i, c.start, k, v)
         else:
-            c.host = encode(k, v, self.o.dtype)
+            c.host = b"".join(p.tobytes() for p in encode(k, v, self.o.dtype))
         layer.pos[rows] = EMPTY
         layer.free.append(c.slot)
         c.slot = None
@@ -277,83 +284,76 @@ class TieredKV:
         row_pos = np.tile(np.arange(start, start + s), g)  # row r*S + j is query position start + j
         acc = _Online(qg)
         if self.o.policy == "topk" and s == 1:
-            resident, offloaded, head_mask = self._select(i, qg)
+            resident, offloaded = self._select(i, qg)
         else:
             resident = [c for c in layer.chunks if c.slot is not None]
             offloaded = [c for c in layer.chunks if c.slot is None]
-            head_mask = {}
-        self._attend_arena(acc, layer, resident, head_mask, row_pos, s)
-        for c, (k, v) in self._stream(i, offloaded):
-            mask = None
-            if c.end > start:  # a chunk holding some of the new tokens: causal inside it
-                mask = np.where(np.arange(c.start, c.end)[None, :] > row_pos[:, None], -np.inf, 0).astype(np.float32)
-            if c.start in head_mask:
-                mask = head_mask[c.start] if mask is None else mask + head_mask[c.start]
-            acc.add(k, v, mask)
+        self._attend_arena(acc, layer, resident, row_pos, s)
+        for batch in self._stream(i, offloaded):  # what has arrived, in one product
+            k = np.concatenate([kv[0] for _, kv in batch], 1) if len(batch) > 1 else batch[0][1][0]
+            v = np.concatenate([kv[1] for _, kv in batch], 1) if len(batch) > 1 else batch[0][1][1]
+            acc.add(k, v, self._mask([c for c, _ in batch], row_pos, start))
         self.stats.chunks_attended += len(resident) + len(offloaded) + 1
         out = acc.result().reshape(layer.kv_heads, g, s, d).reshape(heads, s, d)
         return np.ascontiguousarray(out.transpose(1, 0, 2)).reshape(s, heads * d)
 
-    def _attend_arena(self, acc: _Online, layer: _Layer, chunks: list[Chunk], head_mask: dict,
-                      row_pos: np.ndarray, s: int) -> None:
-        """The open chunk and the resident `chunks`: the whole arena in a few products when that is what
-        is attended, else the gathered columns; column blocks keep the scores small for long prompts."""
-        if not head_mask and len(chunks) == len(layer.resident):
-            k, v, pos, hm = layer.k, layer.v, layer.pos, None
+    @staticmethod
+    def _mask(chunks: list[Chunk], row_pos: np.ndarray, start: int) -> np.ndarray | None:
+        """Causal inside chunks laid side by side that hold some of the new tokens; None for the others."""
+        if all(c.end <= start for c in chunks):
+            return None
+        pos = np.concatenate([np.arange(c.start, c.end) for c in chunks])
+        return np.where(pos[None, :] > row_pos[:, None], -np.inf, 0).astype(np.float32)
+
+    def _attend_arena(self, acc: _Online, layer: _Layer, chunks: list[Chunk], row_pos: np.ndarray, s: int) -> None:
+        """The open chunk and the resident `chunks`: the whole arena when that is what is attended, else the
+        gathered columns; column blocks keep the scores small for long prompts."""
+        if len(chunks) == len(layer.resident):
+            k, v, pos = layer.k, layer.v, layer.pos
         else:
             slots = [c.slot for c in chunks] + ([layer.open_slot] if layer.open_slot is not None else [])
             cols = (np.asarray(slots, np.int64)[:, None] * layer.chunk + np.arange(layer.chunk)[None]).reshape(-1)
-            k, v, pos, hm = layer.k[:, cols], layer.v[:, cols], layer.pos[cols], None
-            if head_mask:
-                hm = np.zeros((layer.kv_heads, 1, pos.size), np.float32)
-                for n, c in enumerate(chunks):
-                    if c.start in head_mask:
-                        hm[:, :, n * layer.chunk:(n + 1) * layer.chunk] = head_mask[c.start]
+            k, v, pos = layer.k[:, cols], layer.v[:, cols], layer.pos[cols]
         block = max(layer.chunk, (1 << 22) // max(acc.q.shape[1] * layer.kv_heads, 1) // layer.chunk * layer.chunk)
         for a in range(0, pos.size, block):
             p = pos[a:a + block]
             mask = np.where(p[None, :] > row_pos[:, None], -np.inf, 0).astype(np.float32) \
-                if s > 1 or p[-1] == EMPTY or (p == EMPTY).any() else None
-            if hm is not None:
-                mask = hm[:, :, a:a + block] if mask is None else mask + hm[:, :, a:a + block]
-            if mask is not None and s == 1 and np.isneginf(mask).all():
-                continue
+                if s > 1 or (p == EMPTY).any() else None
             acc.add(k[:, a:a + block], v[:, a:a + block], mask)
 
-    def _select(self, i: int, qg: np.ndarray):
-        """Sink and recent chunks, plus the top-N chunks per KV head by Quest's bound on q.k."""
+    def _select(self, i: int, qg: np.ndarray) -> tuple[list[Chunk], list[Chunk]]:
+        """Sink and recent chunks, plus the top-N others by estimated attention mass (resident, offloaded).
+
+        Quest's bound on each query row's logit over a chunk, sum_d max(q_d min_d, q_d max_d), turned
+        into that row's estimated share of attention (a softmax over chunks) and summed over every
+        query head: one choice per layer, so each chosen chunk is read once for all heads.
+        """
         layer, o = self.layers[i], self.o
         n = len(layer.chunks)
         always = set(range(min(o.sink, n))) | set(range(max(n - o.recent, 0), n))
         cand = np.array([j for j in range(n) if j not in always], np.int64)
-        chosen: dict[int, np.ndarray] = {}  # chunk index -> [kvh] bool
+        picked = set(always)
         if cand.size:
-            qe = qg[None]  # [1, kvh, g, D]
-            bound = np.maximum(qe * layer.kmin[cand][:, :, None, :], qe * layer.kmax[cand][:, :, None, :])
-            score = bound.sum(axis=(2, 3))  # [cand, kvh]
+            qe = qg[None]  # [1, kvh, rows, D]
+            bound = np.maximum(qe * layer.kmin[cand][:, :, None, :], qe * layer.kmax[cand][:, :, None, :]).sum(-1)
             top = min(o.topk, cand.size)
-            picks = np.argpartition(-score, top - 1, axis=0)[:top]  # [top, kvh]
-            for h in range(layer.kv_heads):
-                for j in cand[picks[:, h]]:
-                    chosen.setdefault(int(j), np.zeros(layer.kv_heads, bool))[h] = True
+            picks = np.argpartition(-_shares(bound), top - 1)[:top]
+            picked |= set(cand[picks].tolist())
             if self.audit:
                 self._audit(i, qg, cand, picks, top)
-        head_mask = {layer.chunks[j].start: np.where(sel, 0, -np.inf).astype(np.float32)[:, None, None]
-                     for j, sel in chosen.items() if not sel.all()}
-        picked = sorted(always | set(chosen))
-        chunks = [layer.chunks[j] for j in picked]
-        return ([c for c in chunks if c.slot is not None], [c for c in chunks if c.slot is None], head_mask)
+        chunks = [layer.chunks[j] for j in sorted(picked)]
+        return [c for c in chunks if c.slot is not None], [c for c in chunks if c.slot is None]
 
     def _audit(self, i: int, qg: np.ndarray, cand: np.ndarray, picks: np.ndarray, top: int) -> None:
         """Recall of the selection against the `top` candidates that full attention weights most."""
         layer = self.layers[i]
         keys = np.stack([self._keys(i, layer.chunks[j]) for j in cand])  # [cand, kvh, C, D]
-        logits = np.einsum("hgd,nhcd->hgnc", qg, keys)
-        mass = np.exp(logits - logits.max(axis=(2, 3), keepdims=True)).sum(axis=(1, 3))  # [kvh, cand]
-        for h in range(layer.kv_heads):
-            truth = set(np.argsort(-mass[h])[:top].tolist())
-            self.stats.recall_hits += len(truth & set(picks[:, h].tolist()))
-            self.stats.recall_total += top
+        logits = np.einsum("hrd,nhcd->nhrc", qg, keys)
+        p = np.exp(logits - logits.max(axis=(0, 3), keepdims=True))
+        mass = (p / p.sum(axis=(0, 3), keepdims=True)).sum(axis=(1, 2, 3))  # [cand]
+        truth = set(np.argsort(-mass)[:top].tolist())
+        self.stats.recall_hits += len(truth & set(picks.tolist()))
+        self.stats.recall_total += top
 
     def _keys(self, i: int, c: Chunk) -> np.ndarray:
         if c.slot is not None:
@@ -369,14 +369,14 @@ class TieredKV:
             self._ahead = _ReadAhead(self.pool, self._load, plan, self.staging)
 
     def _stream(self, i: int, chunks: list[Chunk]):
-        """(chunk, (k, v)) for each chunk, in the order reads complete."""
+        """Batches of (chunk, (k, v)): with read-ahead, whatever has arrived since the last batch; without,
+        the whole layer, read one chunk after the other."""
         if not chunks:
             return
         self.stats.chunks_read += len(chunks)
         self.stats.bytes_read += sum(self._nbytes(c) for c in chunks)
         if self.pool is None:
-            for c in chunks:
-                yield c, self._load(i, c)
+            yield [(c, self._load(i, c)) for c in chunks]
             return
         ahead = getattr(self, "_ahead", None)
         planned = ahead.planned(i) if ahead is not None else set()
@@ -402,7 +402,7 @@ class TieredKV:
         """KV state held in memory now: arenas, abstracts and the host tier."""
         total = 0
         for layer in self.layers:
-            total += layer.k.nbytes + layer.v.nbytes + layer.kmin.nbytes + layer.kmax.nbytes
+            total += layer.k.nbytes + layer.v.nbytes + 2 * len(layer.chunks) * layer.kmin[0].nbytes
             total += sum(len(c.host) for c in layer.chunks if c.host is not None)
         return total
 
@@ -447,7 +447,7 @@ class _ReadAhead:
         return {id(c) for j, c in list(self.pending.values()) + list(self.plan) if j == i}
 
     def take(self, i: int, wanted: set[int] | None):
-        """Layer i's planned chunks as their reads complete; a plan is consumed layer by layer."""
+        """Layer i's planned chunks in batches, as their reads complete; a plan is consumed layer by layer."""
         try:
             while True:
                 mine = [f for f, (j, _) in self.pending.items() if j == i]
@@ -460,16 +460,25 @@ class _ReadAhead:
                         continue
                     return
                 done, _ = wait(mine, return_when=FIRST_COMPLETED)
+                batch = []
                 for f in done:
                     _, c = self.pending.pop(f)
                     kv = f.result()
-                    self.fill()
                     if wanted is None or id(c) in wanted:
-                        yield c, kv
+                        batch.append((c, kv))
+                self.fill()
+                if batch:
+                    yield batch
         except BaseException:
             for f in self.pending:
                 f.cancel()
             raise
+
+
+def _shares(bound: np.ndarray) -> np.ndarray:
+    """bound [chunks, kvh, rows] -> each chunk's estimated attention share, summed over the query rows."""
+    e = np.exp(bound - bound.max(axis=0, keepdims=True))
+    return (e / e.sum(axis=0, keepdims=True)).sum(axis=(1, 2))
 
 
 def _mb(n: int) -> str:

@@ -9,6 +9,7 @@ chunks removed) however the generation ends: EOS, an error, Ctrl-C or SIGTERM.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 from pathlib import Path
@@ -45,8 +46,11 @@ class TieredLM:
         options.intra_op_num_threads, options.inter_op_num_threads = THREADS, 1
         self.fingerprint = _fingerprint(Path(stages), self.spec)
         try:
-            self.stages = [ort.InferenceSession(str(Path(stages) / f), options, providers=["CPUExecutionProvider"])
-                           for f in self.spec["stages"]]
+            self.stages = []
+            for f in self.spec["stages"]:
+                self.stages.append(ort.InferenceSession(str(Path(stages) / f), options,
+                                                        providers=["CPUExecutionProvider"]))
+                _release_heap()
         except Exception as e:  # ORT raises its own types for missing or broken files
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise BackendError(f"ONNX Runtime cannot load the decoder stages in {stages} ({reason}): "
@@ -128,6 +132,22 @@ class TieredLM:
         return out.finish(len(ids))
 
     eos: tuple[int, ...] = ()
+
+
+M_MMAP_THRESHOLD = -3
+
+
+def _release_heap() -> None:
+    """Hand the heap ORT freed while loading (the parsed model, weights before prepacking) back to the OS,
+    and have every later block of 64 KB or more mapped on its own, so a freed chunk buffer leaves at
+    once: glibc keeps freed heap otherwise, and the process would hold each stage's weights about twice
+    and the cache's transient buffers long after use."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.malloc_trim(0)
+        libc.mallopt(M_MMAP_THRESHOLD, 1 << 20)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
 
 
 def _fingerprint(stages: Path, spec: dict) -> bytes:
