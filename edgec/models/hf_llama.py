@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from edgec.models import DECODER_TYPES
 from edgec.errors import UnsupportedModelError
 from edgec.models.decoder import Decoder
 
@@ -16,7 +17,6 @@ _LAYER = {"attn.q": "self_attn.q_proj", "attn.k": "self_attn.k_proj", "attn.v": 
           "down": "mlp.down_proj", "attn_norm": "input_layernorm", "mlp_norm": "post_attention_layernorm"}
 _ROPE_TYPES = {"default"}  # others (linear, dynamic, yarn, llama3, longrope) rescale frequencies
 _ACTIVATIONS = {"silu", "swish"}
-DECODER_TYPES = ("llama", "qwen2")
 
 
 def _rope_theta(config) -> float:

@@ -161,11 +161,15 @@ class ChunkStore:
         self.written += nbytes
         return ChunkRef(path, layer, start, start + tokens, nbytes)
 
-    def read(self, ref: ChunkRef) -> tuple[np.ndarray, np.ndarray]:
-        """One sequential read, then every header field and the checksum checked; only then decoded."""
+    def read(self, ref: ChunkRef, buffer: bytearray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One sequential read, then every header field and the checksum checked; only then decoded.
+        Into `buffer` (at least nbytes + 1 long) when given: float32 keys and values are views of it."""
         try:
             with open(ref.path, "rb", buffering=0) as f:
-                data = f.read(ref.nbytes + 1)
+                if buffer is None:
+                    data = f.read(ref.nbytes + 1)
+                else:
+                    data = memoryview(buffer)[:f.readinto(memoryview(buffer)[:ref.nbytes + 1])]
         except FileNotFoundError:
             raise KVStoreError(f"KV chunk missing: {ref.name}; the cache folder was changed while "
                                "generating, so this generation cannot go on") from None

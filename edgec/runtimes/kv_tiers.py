@@ -19,6 +19,7 @@ computes.
 from __future__ import annotations
 
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,8 @@ class TieredKV:
                        for l in layers]
         if options.offload == "disk":
             self.store = ChunkStore(options.dir, fingerprint, options.dtype, self.kv_heads, self.dim)
+        self._buffers: list[bytearray] = []
+        self._buffers_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(options.io_threads, "kv-read") if options.overlap and \
             options.offload != "none" else None
 
@@ -273,6 +276,24 @@ class TieredKV:
             return self.store.read(c.ref)
         return decode(c.host, self.o.dtype, self.layers[i].kv_heads, c.end - c.start, self.dim)
 
+    def _load_pooled(self, i: int, c: Chunk):
+        """(k, v, buffer): a disk chunk read into a reused buffer, handed back by `_release` once attended,
+        so steady decoding allocates nothing per chunk (freed read buffers would stay with the heap)."""
+        if c.ref is None:
+            return (*self._load(i, c), None)
+        with self._buffers_lock:
+            buf = self._buffers.pop() if self._buffers else bytearray(c.ref.nbytes + 1)
+        try:
+            return (*self.store.read(c.ref, buf), buf)
+        except BaseException:
+            self._release(buf)
+            raise
+
+    def _release(self, buf: bytearray | None) -> None:
+        if buf is not None:
+            with self._buffers_lock:
+                self._buffers.append(buf)
+
     def _nbytes(self, c: Chunk) -> int:
         return c.ref.nbytes if c.ref is not None else len(c.host)
 
@@ -293,6 +314,8 @@ class TieredKV:
             k = np.concatenate([kv[0] for _, kv in batch], 1) if len(batch) > 1 else batch[0][1][0]
             v = np.concatenate([kv[1] for _, kv in batch], 1) if len(batch) > 1 else batch[0][1][1]
             acc.add(k, v, self._mask([c for c, _ in batch], row_pos, start))
+            for _, kv in batch:
+                self._release(kv[2])
         self.stats.chunks_attended += len(resident) + len(offloaded) + 1
         out = acc.result().reshape(layer.kv_heads, g, s, d).reshape(heads, s, d)
         return np.ascontiguousarray(out.transpose(1, 0, 2)).reshape(s, heads * d)
@@ -366,7 +389,7 @@ class TieredKV:
         self._ahead = None
         if self.pool is not None and (self.o.policy == "exact" or s > 1):
             plan = [(i, c) for i, layer in enumerate(self.layers) for c in layer.chunks if c.slot is None]
-            self._ahead = _ReadAhead(self.pool, self._load, plan, self.staging)
+            self._ahead = _ReadAhead(self.pool, self._load_pooled, plan, self.staging)
 
     def _stream(self, i: int, chunks: list[Chunk]):
         """Batches of (chunk, (k, v)): with read-ahead, whatever has arrived since the last batch; without,
@@ -376,7 +399,7 @@ class TieredKV:
         self.stats.chunks_read += len(chunks)
         self.stats.bytes_read += sum(self._nbytes(c) for c in chunks)
         if self.pool is None:
-            yield [(c, self._load(i, c)) for c in chunks]
+            yield [(c, self._load_pooled(i, c)) for c in chunks]
             return
         ahead = getattr(self, "_ahead", None)
         planned = ahead.planned(i) if ahead is not None else set()
@@ -384,7 +407,7 @@ class TieredKV:
         if planned:
             yield from ahead.take(i, {id(c) for c in chunks})
         if rest:
-            yield from _ReadAhead(self.pool, self._load, [(i, c) for c in rest], self.staging).take(i, None)
+            yield from _ReadAhead(self.pool, self._load_pooled, [(i, c) for c in rest], self.staging).take(i, None)
 
     def end_step(self) -> None:
         self.stats.steps += 1
@@ -482,7 +505,7 @@ def _shares(bound: np.ndarray) -> np.ndarray:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 2**20:.1f} MB"
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
 
 
 def chunk_payload(options: KVOptions, kv_heads: int, dim: int) -> int:

@@ -250,7 +250,8 @@ def _run_lm(b, runtime: str | None, check: bool, has_input: bool) -> None:
 def generate(source, prompt, prompt_file, max_new_tokens, runtime, temperature, top_p, seed, as_json,
              kv_offload, kv_budget, kv_policy, kv_topk, kv_chunk, kv_dtype, kv_dir) -> None:
     """Generate text from SOURCE (a model directory, a zoo name or an exported bundle), streamed to stdout."""
-    _quiet_torch()
+    if kv_offload is None and runtime != "ort-tiered":
+        _quiet_torch()  # the tiered runtime needs neither torch nor transformers once its stages exist
     import json
 
     from edgec.runtimes.llm import Sampling

@@ -44,10 +44,10 @@ def open_lm(source: str, runtime: str | None, kv: KVOptions | None = None) -> Op
 
 
 def _open_model(source: str, runtime: str, kv: KVOptions | None = None) -> Opened:
+    if runtime == TIERED:
+        return _open_tiered(source, kv or KVOptions())
     from edgec.toolchain.load import inspect
 
-    if runtime == TIERED:
-        return _open_tiered(inspect(source), kv or KVOptions())
     if runtime != "torch":
         runtimes.runtime(runtime)  # an unknown name fails first, with the list
         raise InputError(f"--runtime {runtime} runs an exported bundle: run edgec export {source} --target "
@@ -62,16 +62,31 @@ def _open_model(source: str, runtime: str, kv: KVOptions | None = None) -> Opene
                   eos if isinstance(eos, list) else [eos])
 
 
-def _open_tiered(src, kv: KVOptions) -> Opened:
-    from edgec.toolchain.stages import stages_for
+def _open_tiered(source: str, kv: KVOptions) -> Opened:
+    """Without torch or transformers once the stages exist: the process holds the stages and the cache only."""
+    import json
 
-    _check_lm(src)
-    stages = stages_for(src.path, src.name)
-    eos = src.config.eos_token_id
+    from edgec.models import DECODER_TYPES
+    from edgec.toolchain.stages import stages_for
+    from edgec.toolchain.zoo import ZOO
+
+    path = ZOO[source].locate() if source in ZOO else Path(source)
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{source} has no readable config.json ({e.__class__.__name__}): give a Hugging Face "
+                         f"decoder directory or a zoo name ({', '.join(ZOO)})") from None
+    if config.get("model_type") not in DECODER_TYPES:
+        raise InputError(f"{source} is a {config.get('model_type')} model, not a language model: the tiered KV "
+                         f"cache takes {' or '.join(DECODER_TYPES)} decoders")
+    tokenizer = path / "tokenizer.json"
+    if not tokenizer.is_file():
+        raise InputError(f"{path} has no tokenizer.json: save the model's fast tokenizer there")
+    name = source if source in ZOO else path.name
+    eos = config.get("eos_token_id")
     eos = eos if isinstance(eos, list) else [eos]
-    session = runtimes.runtime(TIERED).load_lm(stages, src.path / "tokenizer.json", {"eos_token_ids": eos, "kv": kv})
-    return Opened(session, TokenBytes(src.path / "tokenizer.json"), f"{src.name} on {TIERED} ({describe(kv)})",
-                  session.context, eos)
+    session = runtimes.runtime(TIERED).load_lm(stages_for(path, name), tokenizer, {"eos_token_ids": eos, "kv": kv})
+    return Opened(session, TokenBytes(tokenizer), f"{name} on {TIERED} ({describe(kv)})", session.context, eos)
 
 
 def describe(kv: KVOptions) -> str:

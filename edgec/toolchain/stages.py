@@ -1,8 +1,8 @@
 """Decoder stages for the tiered-KV runtime, exported once per model and kept in the user's cache.
 
-The stages are a pure function of the model's files, so they are keyed by a
-hash of config.json and the weights and reused across runs; a half-written
-export never becomes visible (atomic_dir).
+The stages are a pure function of the model's files, so they are keyed by
+those files (path, size, modification time) and reused across runs; a
+half-written export never becomes visible (atomic_dir).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ def cache_root() -> Path:
 
 
 def model_key(model_dir: Path) -> str:
+    """The model folder's config and weights by path, size and modification time: cheap for big models,
+    and any rewrite of the files gives new stages."""
     h = hashlib.sha256(FORMAT.encode())
-    for f in sorted(Path(model_dir).iterdir()):
+    for f in sorted(Path(model_dir).resolve().iterdir()):
         if f.name == "config.json" or f.suffix in (".safetensors", ".bin"):
-            h.update(f.name.encode())
-            with open(f, "rb") as fh:
-                h.update(hashlib.file_digest(fh, "sha256").digest())
+            st = f.stat()
+            h.update(f"{f}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:20]
 
 

@@ -78,7 +78,7 @@ def test_cli_disk_topk_streams_text_and_cleans_up(seeded, stages, env, run_cli, 
     base = ["generate", model, "--prompt", "And the LORD said unto Moses,", "-n", "24"]
     code, ref, _ = run_cli(*base)
     assert code == 0
-    code, out, err = run_cli(*base, "--kv-offload", "disk", "--kv-budget", "20KB", "--kv-chunk", "4",
+    code, out, err = run_cli(*base, "--kv-offload", "disk", "--kv-budget", "28KB", "--kv-chunk", "4",
                              "--kv-dir", tmp_path, "--json")
     assert code == 0, err
     assert out == ref  # exact attention: the same greedy text as transformers
@@ -86,7 +86,7 @@ def test_cli_disk_topk_streams_text_and_cleans_up(seeded, stages, env, run_cli, 
 
     stats = json.loads(err.strip().splitlines()[-1])
     assert stats["kv"]["spilled"] > 0 and "ort-tiered" in stats["runtime"]
-    code, out, err = run_cli(*base, "--kv-offload", "disk", "--kv-budget", "20KB", "--kv-chunk", "4",
+    code, out, err = run_cli(*base, "--kv-offload", "disk", "--kv-budget", "28KB", "--kv-chunk", "4",
                              "--kv-policy", "topk", "--kv-topk", "2", "--kv-dtype", "int8", "--kv-dir", tmp_path)
     assert code == 0 and len(out.strip()) > 10, err
     assert list(tmp_path.iterdir()) == []
