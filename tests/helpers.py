@@ -130,3 +130,25 @@ def hf_greedy(hf, ids: list[int], n: int) -> list[int]:
         out = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                           do_sample=False, max_new_tokens=n)
     return out[0, len(ids):].tolist()
+
+
+def tmpfs(mnt: Path, size: str):
+    """A size-limited tmpfs mounted at `mnt` while the generator is open (a fixture body): a full disk on
+    demand. Skips where mounting is not allowed (not root, or a sandbox)."""
+    import os
+    import shutil
+    import subprocess
+
+    import pytest
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a size-limited tmpfs needs root")
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("this sandbox does not allow mounting a tmpfs")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], check=False)
+

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from edgec.errors import InputError
-from edgec.runtimes.kv_store import DTYPES, ChunkRef, ChunkStore, decode, encode, payload_size
+from edgec.runtimes.kv_store import DTYPES, ChunkRef, ChunkStore, decode, encode
 
 OFFLOAD = ("none", "host", "disk")
 POLICIES = ("exact", "topk")
@@ -507,6 +507,3 @@ def _shares(bound: np.ndarray) -> np.ndarray:
 def _mb(n: int) -> str:
     return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 2**10:.1f} KB"
 
-
-def chunk_payload(options: KVOptions, kv_heads: int, dim: int) -> int:
-    return payload_size(options.dtype, kv_heads, options.chunk, dim)

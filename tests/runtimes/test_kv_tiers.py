@@ -7,6 +7,7 @@ import subprocess
 
 import numpy as np
 import pytest
+from helpers import tmpfs
 
 from edgec.errors import InputError
 from edgec.runtimes.kv_store import KVStoreError
@@ -204,15 +205,7 @@ def test_a_full_disk_is_a_clear_error_and_leaves_nothing(small_tmpfs, data):
 
 @pytest.fixture
 def small_tmpfs(tmp_path):
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a size-limited tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    # 16 KB: a few 4-KB chunk files fit, the rest of the 150-token cache does not
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("this sandbox does not allow mounting a tmpfs")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
+    yield from tmpfs(tmp_path / "small", "16k")  # a few 4-KB chunk files fit, the 150-token cache does not
 
 
 def test_bad_options_are_one_line_errors():

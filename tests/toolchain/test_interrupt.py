@@ -1,7 +1,5 @@
 """A service manager's SIGTERM and a full disk: one line, exit 2, nothing left behind."""
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -10,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import tmpfs
 
 EDGEC = [sys.executable, "-m", "edgec.toolchain.cli"]
 
@@ -44,16 +43,8 @@ def test_sigterm_mid_export_cleans_up(tmp_path):
 
 @pytest.fixture
 def small_disk(tmp_path):
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a size-limited tmpfs needs root")
-    mnt = tmp_path / "small"
-    mnt.mkdir()
     # smaller than vit-digits' float graph (0.9 MB): the export runs out of space on its first file
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode:
-        pytest.skip("this sandbox does not allow mounting a tmpfs")
-    yield mnt
-    subprocess.run(["umount", str(mnt)], check=False)
+    yield from tmpfs(tmp_path / "small", "512k")
 
 
 def test_full_disk_is_one_line_naming_the_path_and_the_space(small_disk):
