@@ -55,29 +55,30 @@ BARS = [("c", "b", 1.3), ("d", "b", 3.0), ("d", "a", 0.5)]
 
 def seeded_model(out: Path, layers: int, hidden: int, kv_heads: int, head_dim: int, positions: int) -> Path:
     """HF directory of the seeded config, then its decoder stages (both kept in `out` across runs)."""
-    stages = out / f"stages-{layers}x{hidden}-{kv_heads}x{head_dim}-{positions}"
-    if (stages / "stages.json").is_file():
-        return stages
-    import torch
-    import transformers
+    model = out / f"model-{layers}x{hidden}-{kv_heads}x{head_dim}-{positions}"
+    os.environ["EDGEC_CACHE"] = str(out / "cache")
+    from edgec.toolchain.stages import stages_for_model
 
-    from edgec.exporters.onnx_stages import export_stages
-    from edgec.models.hf import from_hf
+    if not (model / "config.json").is_file():
+        import torch
+        import transformers
 
-    config = transformers.LlamaConfig(
-        vocab_size=8192, hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
-        num_attention_heads=hidden // head_dim, num_key_value_heads=kv_heads, head_dim=head_dim,
-        max_position_embeddings=positions, tie_word_embeddings=True, bos_token_id=0, eos_token_id=1)
-    torch.manual_seed(0)
-    module = from_hf(transformers.LlamaForCausalLM(config).eval())
-    print(f"exporting the decoder stages of the seeded config to {stages} ...", flush=True)
-    export_stages(module, stages.with_suffix(".partial"))
-    stages.with_suffix(".partial").rename(stages)
-    return stages
+        from edgec.calibration import prose
+        from edgec.zoo.train_tinylm import save_hf_dir, train_tokenizer
+
+        config = transformers.LlamaConfig(
+            vocab_size=8192, hidden_size=hidden, intermediate_size=hidden * 11 // 4, num_hidden_layers=layers,
+            num_attention_heads=hidden // head_dim, num_key_value_heads=kv_heads, head_dim=head_dim,
+            max_position_embeddings=positions, tie_word_embeddings=True, bos_token_id=0, eos_token_id=1)
+        torch.manual_seed(0)
+        save_hf_dir(transformers.LlamaForCausalLM(config).eval(), train_tokenizer(prose.split("calib"), 8192),
+                    model.with_suffix(".partial"))
+        model.with_suffix(".partial").rename(model)
+    return stages_for_model(model, "seeded")
 
 
 def weights_bytes(stages: Path) -> int:
-    return sum(f.stat().st_size for f in stages.glob("*.onnx*"))
+    return sum(f.stat().st_size for f in stages.glob("stage_*"))
 
 
 def vm(field: str) -> float:
@@ -167,10 +168,10 @@ def quality_worker(job: dict) -> dict:
     from edgec.runtimes.kv_tiers import KVOptions
     from edgec.runtimes.tiered_lm import load_lm
     from edgec.toolchain.load import inspect
-    from edgec.toolchain.stages import stages_for
+    from edgec.toolchain.stages import stages_for_model
 
     src = inspect("tinylm")
-    stages = stages_for(src.path, src.name)
+    stages = stages_for_model(src.path, src.name)
     tok = Tokenizer.from_file(str(src.path / "tokenizer.json"))
     ids = np.concatenate([np.asarray(tok.encode(t).ids) for t in prose.split("heldout")])
     window, prefix, n = src.config.max_position_embeddings, job["prefix"], job["windows"]

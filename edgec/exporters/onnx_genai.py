@@ -18,7 +18,7 @@ import torch
 
 from edgec.errors import ExportError, InputError
 from edgec.exporters.artifact import Artifact
-from edgec.models.decoder import Decoder
+from edgec.models.decoder import Decoder, rope_at
 
 OPSET = 21
 WEIGHT_BITS = {"float": None, "int8": 8, "int4": 4}
@@ -36,8 +36,10 @@ class GenaiStep(torch.nn.Module):
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         m, s, t = self.module, input_ids.shape[1], attention_mask.shape[1]
-        cos = m.rope_cos[position_ids].unsqueeze(1)  # [B, 1, S, D]: per-row positions (left padding)
-        sin = m.rope_sin[position_ids].unsqueeze(1)
+        # computed at the positions, not gathered from a [max_pos, D] table: long contexts would put megabytes
+        # of table into the graph (and into every stage cut from it)
+        cos, sin = rope_at(position_ids, m.inv_freq)
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, S, D]: per-row positions (left padding)
         # new token i sits in slot t - s + i: it sees earlier slots that the attention mask keeps
         later = (torch.arange(t)[None, :] > torch.arange(s)[:, None] + (t - s)).to(torch.float32)
         padded = (1 - attention_mask.to(torch.float32))[:, None, None, :]

@@ -1,138 +1,166 @@
-"""The decoder cut at its attention cores: one ONNX graph per stretch between two attentions.
+"""The decoder ONNX of a GenAI bundle, cut at its attention cores into one graph per stretch between them.
 
-A whole-model decoder graph takes every layer's past keys and values at once,
-so a runtime that keeps the KV cache on disk would have to bring all of it
-into memory for every step. Cut at the attention cores instead, the graphs do
-all the model math (embedding, o-projection, residuals, MLP, norms, q/k/v,
-RoPE at the true `position_ids`, the head) and hand each layer's q, k and v
-out, so attention can run over whatever chunks of the cache a policy picks.
+The whole-model graph takes every layer's past keys and values at once, so a
+runtime that keeps the KV cache on disk would have to bring all of it into
+memory for every step. Cut at the attention cores, the same graph (the same
+weights, float or MatMulNBits int4/int8) does all the model math (embedding,
+o-projection, residuals, MLP, norms, q/k/v, RoPE at the true `position_ids`,
+the head) and hands each layer's q, k and v out, so attention can run over
+whatever chunks of the cache a policy picks:
 
-Stage 0: input_ids, position_ids -> x, q, k, v of layer 0.
-Stage i (0 < i < L): x, ctx (layer i-1's attention output), position_ids -> x, q, k, v of layer i.
-Stage L: x, ctx -> logits.
-q is [1, heads, S, D], k and v [1, kv_heads, S, D] (post-RoPE); ctx is [1, S, heads * D].
+  stage 0:  input_ids, position_ids        -> x_out, q, k, v   (layer 0)
+  stage i:  x, ctx, position_ids           -> x_out, q, k, v   (layer i; x and ctx from layer i-1)
+  stage L:  x, ctx                         -> logits
+
+x is the residual stream entering a layer; q is [1, kv_heads, g*S, D] with
+the g query heads of a KV head stacked along the rows (row r*S + s is head
+j*g + r at new token s), k and v are [1, kv_heads, S, D] after RoPE; ctx is
+the attention output [1, S, heads*D] the o-projection reads. The cut points
+are found from the graph's structure: `present.i.key = Concat(past, k)`, the
+score MatMul reading it, the MatMul reading `present.i.value`, then the
+o-projection and the residual Add after it.
 """
 
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
-import torch
-from torch import nn
-
 from edgec.errors import ExportError
-from edgec.exporters.onnx_genai import OPSET, WEIGHT_BITS, _quantize
-from edgec.models.decoder import Decoder
 from edgec.runtimes.tiered_lm import SPEC_FILE
+
+PASS = ("Reshape", "Transpose")
+LINEAR = ("MatMul", "MatMulNBits", "Gemm")
 
 
 def stage_file(i: int) -> str:
     return f"stage_{i:03d}.onnx"
 
 
-class _Rope(nn.Module):
-    """cos/sin computed from position_ids in the graph (as `rope_tables` does), not a [max_pos, D] table:
-    long contexts would put megabytes of table in every stage."""
+class _Graph:
+    def __init__(self, graph):
+        self.producer = {o: n for n in graph.node for o in n.output}
+        self.consumers: dict[str, list] = {}
+        for n in graph.node:
+            for t in n.input:
+                self.consumers.setdefault(t, []).append(n)
+        self.constants = {i.name for i in graph.initializer} | \
+            {o for n in graph.node if n.op_type == "Constant" for o in n.output}
 
-    def __init__(self, head_dim: int, theta: float):
-        super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
+    def only(self, tensor: str, what: str):
+        users = self.consumers.get(tensor, [])
+        if len(users) != 1:
+            raise ExportError(f"cannot cut the decoder graph: {tensor} feeds {len(users)} nodes where {what} "
+                              "was expected; re-export it with edgec")
+        return users[0]
 
-    def forward(self, position_ids: torch.Tensor):
-        freqs = position_ids.to(torch.float32)[:, None] * self.inv_freq[None]
-        emb = torch.cat([freqs, freqs], dim=-1)
-        return emb.cos(), emb.sin()
-
-
-class Stage(nn.Module):
-    """Layer i-1's tail (o-projection, residual, MLP) then layer i's head (norm, q/k/v, RoPE)."""
-
-    def __init__(self, module: Decoder, index: int):
-        super().__init__()
-        n = len(module.layers)
-        self.index, self.last = index, index == n
-        self.before = module.layers[index - 1] if index > 0 else None
-        self.after = module.layers[index] if index < n else None
-        self.embed = module.embed if index == 0 else None
-        if self.last:
-            self.norm, self.lm_head = module.norm, module.lm_head
-        else:
-            self.rope = _Rope(self.after.attn.head_dim, module.rope_theta)
-
-    def forward(self, *args):
-        if self.index == 0:
-            ids, position_ids = args
-            x = self.embed(ids)
-        else:
-            x, ctx = args[:2]
-            x = x + self.before.attn.o(ctx)
-            x = x + self.before.mlp(x)
-            if self.last:
-                return self.lm_head(self.norm(x))
-            position_ids = args[2]
-        cos, sin = self.rope(position_ids)
-        return (x, *self.after.attn.project(self.after.attn_norm(x), cos, sin))
+    def follow(self, tensor: str, stop: tuple[str, ...], what: str):
+        """The first node of a `stop` type down a chain of Reshape/Transpose from `tensor`."""
+        node = self.only(tensor, what)
+        while node.op_type in PASS:
+            node = self.only(node.output[0], what)
+        if node.op_type not in stop:
+            raise ExportError(f"cannot cut the decoder graph: found {node.op_type} where {what} was expected; "
+                              "re-export it with edgec")
+        return node
 
 
-def export_stages(module: Decoder, out_dir: Path, weights: str = "float", progress=None) -> dict:
-    """Write stage_000.onnx .. stage_L.onnx and stages.json (the spec a runtime needs) into `out_dir`."""
+def cut_points(graph, n_layers: int) -> list[dict]:
+    """Per layer: its input x, its q, k, v and its attention output ctx (tensor names)."""
+    g, layers = _Graph(graph), []
+    for i in range(n_layers):
+        cat_k, cat_v = g.producer.get(f"present.{i}.key"), g.producer.get(f"present.{i}.value")
+        if cat_k is None or cat_v is None or cat_k.op_type != "Concat" or cat_v.op_type != "Concat":
+            raise ExportError(f"the decoder graph has no present.{i}.key/value = Concat(past, new): it is not "
+                              "a GenAI decoder written by edgec; re-export it")
+        score = g.follow(f"present.{i}.key", ("MatMul",), "the attention scores")
+        pv = g.only(f"present.{i}.value", "the attention-weighted values")
+        o_proj = g.follow(pv.output[0], LINEAR, "the o-projection")
+        flow, node = o_proj.output[0], g.only(o_proj.output[0], "the residual add")
+        while node.op_type == "Add" and any(t in g.constants for t in node.input):  # the o-projection's bias
+            flow, node = node.output[0], g.only(node.output[0], "the residual add")
+        if node.op_type != "Add" or len(node.input) != 2:
+            raise ExportError(f"cannot cut the decoder graph: no residual Add after layer {i}'s o-projection")
+        x = node.input[0] if node.input[1] == flow else node.input[1]
+        layers.append({"x": x, "q": score.input[0], "k": cat_k.input[1], "v": cat_v.input[1],
+                       "ctx": o_proj.input[0]})
+    return layers
+
+
+def cut_stages(model_path: Path, genai_config: dict, out_dir: Path, progress=None) -> dict:
+    """Write stage_000.onnx .. stage_L.onnx (weights as external data beside each) and stages.json."""
+    import onnx
+    from onnx.utils import Extractor
+
+    decoder = genai_config["model"]["decoder"]
+    n = int(decoder["num_hidden_layers"])
+    model = onnx.load(str(model_path))
+    points = cut_points(model.graph, n)
+    extractor = Extractor(model)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    n = len(module.layers)
-    module.eval()
     for i in range(n + 1):
+        if i == 0:
+            inputs = {"input_ids": "input_ids", "position_ids": "position_ids"}
+        else:
+            inputs = {points[i - 1]["x"]: "x", points[i - 1]["ctx"]: "ctx"}
+            if i < n:
+                inputs["position_ids"] = "position_ids"
+        outputs = ({"logits": "logits"} if i == n else
+                   {points[i]["x"]: "x_out", points[i]["q"]: "q", points[i]["k"]: "k", points[i]["v"]: "v"})
+        try:
+            stage = extractor.extract_model(list(inputs), list(outputs))
+        except Exception as e:  # onnx raises plain errors for a cut that does not close
+            raise ExportError(f"cannot cut decoder stage {i} out of {model_path} ({type(e).__name__}: {e})") from e
+        _pin_shapes_of_past(stage.graph, model.graph)
+        _rename(stage.graph, {**inputs, **outputs})
         path = out_dir / stage_file(i)
-        _export(Stage(module, i), path)
-        if WEIGHT_BITS[weights]:
-            _quantize(path, path, WEIGHT_BITS[weights])
+        onnx.save(stage, str(path), save_as_external_data=True, location=path.name + ".data",
+                  size_threshold=1024)
         if progress is not None:
             progress(i + 1, n + 1)
-    spec = stages_spec(module, weights)
+    spec = {"format": "edgec decoder stages", "version": 2, "source": str(model_path),
+            "stages": [stage_file(i) for i in range(n + 1)],
+            "layers": [{"heads": int(decoder["num_attention_heads"]), "kv_heads": int(decoder["num_key_value_heads"]),
+                        "head_dim": int(decoder["head_size"])}] * n,
+            "vocab": int(genai_config["model"]["vocab_size"]),
+            "max_positions": int(genai_config["model"]["context_length"])}
     (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))
     return spec
 
 
-def stages_spec(module: Decoder, weights: str) -> dict:
-    return {"format": "edgec decoder stages", "version": 1, "weights": weights,
-            "stages": [stage_file(i) for i in range(len(module.layers) + 1)],
-            "layers": [{"heads": l.attn.heads, "kv_heads": l.attn.kv_heads, "head_dim": l.attn.head_dim}
-                       for l in module.layers],
-            "vocab": module.embed.num_embeddings, "hidden": module.embed.embedding_dim,
-            "max_positions": module.max_pos, "rope_theta": module.rope_theta}
+def _pin_shapes_of_past(stage, whole) -> None:
+    """The exporter reads symbolic sizes (batch, sequence) off whichever input carries them. A stage has
+    no past, so a Shape of a past K/V tensor reads an empty constant of batch 1 instead (the runtime
+    decodes one sequence); input_ids and attention_mask, read for their shape alone, become inputs of
+    the stage (the runtime has them). Anything else a stage would need from outside is a failed cut."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    have = {i.name for i in stage.input} | {i.name for i in stage.initializer} | \
+        {o for n in stage.node for o in n.output}
+    missing = {t for n in stage.node for t in n.input if t and t not in have}
+    originals = {i.name: i for i in whole.input}
+    for name in sorted(missing):
+        users = [n for n in stage.node if name in n.input]
+        if name not in originals or any(n.op_type != "Shape" for n in users):
+            raise ExportError(f"cannot cut the decoder graph: a stage needs {name} from outside it")
+        if name.startswith("past_key_values."):
+            dims = originals[name].type.tensor_type.shape.dim
+            shape = [1, dims[1].dim_value, 0, dims[3].dim_value]
+            stage.initializer.append(numpy_helper.from_array(np.zeros(shape, np.float32), name))
+        else:
+            stage.input.append(originals[name])
 
 
-def _example(stage: Stage, seq: int = 3):
-    g = torch.Generator().manual_seed(0)
-    positions = torch.arange(5, 5 + seq)
-    if stage.index == 0:
-        return (torch.randint(0, stage.embed.num_embeddings, (1, seq), generator=g), positions)
-    attn = stage.before.attn
-    x = torch.randn(1, seq, attn.o.out_features, generator=g)
-    ctx = torch.randn(1, seq, attn.heads * attn.head_dim, generator=g)
-    return (x, ctx) if stage.last else (x, ctx, positions)
-
-
-def _export(stage: Stage, path: Path) -> None:
-    first, last = stage.index == 0, stage.last
-    inputs = (["input_ids", "position_ids"] if first else ["x", "ctx"] + ([] if last else ["position_ids"]))
-    outputs = ["logits"] if last else ["x_out", "q", "k", "v"]
-    seq = "sequence"
-    shapes = ({1: seq}, {0: seq}) if first else (({1: seq}, {1: seq}) if last else ({1: seq}, {1: seq}, {0: seq}))
-    try:
-        with warnings.catch_warnings(), torch.no_grad():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(stage, _example(stage), dynamo=True, opset_version=OPSET,
-                                        input_names=inputs, output_names=outputs, dynamic_shapes=(shapes,),  # *args is one tuple argument
-                                       
-                                        verbose=False)
-            program.save(path)
-    except Exception as e:  # the exporter raises many types; all mean the same to the user
-        cause = e
-        while cause.__cause__ is not None:
-            cause = cause.__cause__
-        first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        raise ExportError(f"ONNX export of decoder stage {stage.index} failed "
-                          f"({type(cause).__name__}: {first_line})") from e
+def _rename(graph, names: dict[str, str]) -> None:
+    """The boundary tensors under the names the runtime feeds and reads."""
+    for n in graph.node:
+        for k, t in enumerate(n.input):
+            if t in names:
+                n.input[k] = names[t]
+        for k, t in enumerate(n.output):
+            if t in names:
+                n.output[k] = names[t]
+    for v in list(graph.input) + list(graph.output):
+        v.name = names.get(v.name, v.name)

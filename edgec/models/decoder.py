@@ -37,12 +37,20 @@ class RMSNorm(nn.Module):
         return self.weight * (x * torch.rsqrt((x * x).mean(-1, keepdim=True) + self.eps))
 
 
-def rope_tables(head_dim: int, max_pos: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin, each [max_pos, head_dim], with the half-split layout Llama uses."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-    freqs = torch.arange(max_pos, dtype=torch.float32)[:, None] * inv_freq[None]
+def inverse_frequencies(head_dim: int, theta: float) -> torch.Tensor:
+    return 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+
+
+def rope_at(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [..., head_dim] at integer `positions` [...], the half-split layout Llama uses."""
+    freqs = positions.to(torch.float32)[..., None] * inv_freq
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos(), emb.sin()
+
+
+def rope_tables(head_dim: int, max_pos: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin, each [max_pos, head_dim]."""
+    return rope_at(torch.arange(max_pos), inverse_frequencies(head_dim, theta))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -147,7 +155,9 @@ class Decoder(nn.Module):
         self.lm_head = nn.Linear(hidden, vocab, bias=False)
         if tie_embeddings:
             self.lm_head.weight = self.embed.weight
-        cos, sin = rope_tables(head_dims.pop(), max_pos, rope_theta)
+        head_dim = head_dims.pop()
+        cos, sin = rope_tables(head_dim, max_pos, rope_theta)
+        self.register_buffer("inv_freq", inverse_frequencies(head_dim, rope_theta), persistent=False)
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.rope_theta, self.max_pos, self.mask_value = rope_theta, max_pos, mask_value

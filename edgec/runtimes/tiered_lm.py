@@ -51,6 +51,7 @@ class TieredLM:
                 self.stages.append(ort.InferenceSession(str(Path(stages) / f), options,
                                                         providers=["CPUExecutionProvider"]))
                 _release_heap()
+            self._inputs = [[i.name for i in s.get_inputs()] for s in self.stages]
         except Exception as e:  # ORT raises its own types for missing or broken files
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
             raise BackendError(f"ONNX Runtime cannot load the decoder stages in {stages} ({reason}): "
@@ -66,17 +67,23 @@ class TieredLM:
         if start + ids.shape[1] > self.context:
             raise InputError(f"position {start + ids.shape[1] - 1} is past this model's {self.context} positions")
         cache.begin_step(ids.shape[1])
-        x, q, k, v = self.stages[0].run(None, {"input_ids": ids, "position_ids": pos})
+        # a stage may read input_ids or attention_mask for their shape alone: fed where it asks
+        feed = {"input_ids": ids, "position_ids": pos[None],
+                "attention_mask": np.ones((1, start + ids.shape[1]), np.int64)}
+        x, q, k, v = self._run(0, feed)
         last = len(self.stages) - 1
         for i in range(last):
             cache.append(i, k[0], v[0], start)
-            ctx = cache.attend(i, q[0], start)[None]
+            feed["x"], feed["ctx"] = x, cache.attend(i, q[0].reshape(-1, ids.shape[1], q.shape[-1]), start)[None]
             if i + 1 < last:
-                x, q, k, v = self.stages[i + 1].run(None, {"x": x, "ctx": ctx, "position_ids": pos})
+                x, q, k, v = self._run(i + 1, feed)
             else:
-                logits = self.stages[last].run(None, {"x": x, "ctx": ctx})[0]
+                logits = self._run(last, feed)[0]
         cache.end_step()
         return logits[0]
+
+    def _run(self, i: int, feed: dict) -> list[np.ndarray]:
+        return self.stages[i].run(None, {name: feed[name] for name in self._inputs[i]})
 
     def prefill(self, cache: TieredKV, ids: np.ndarray, start: int = 0) -> np.ndarray:
         """The last position's logits after feeding `ids` in steps of PREFILL tokens."""
@@ -151,15 +158,20 @@ def _release_heap() -> None:
 
 
 def _fingerprint(stages: Path, spec: dict) -> bytes:
-    """The model and export the cache's keys and values belong to: every stage file's bytes."""
+    """The model and export the cache's keys and values belong to: the spec and every stage file by name,
+    size and modification time (a re-export is another export), and the graphs' bytes."""
     h = hashlib.sha256(json.dumps(spec, sort_keys=True).encode())
     for name in spec["stages"]:
-        try:
-            with open(stages / name, "rb") as f:
-                h.update(hashlib.file_digest(f, "sha256").digest())
-        except OSError as e:
-            raise BackendError(f"cannot read decoder stage {stages / name} ({e.strerror}): export the stages "
-                               "again") from e
+        for f in (stages / name, stages / (name + ".data")):
+            try:
+                st = f.stat()
+                h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns}".encode())
+                if f.suffix == ".onnx":
+                    h.update(f.read_bytes())
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise BackendError(f"cannot read decoder stage {f} ({e.strerror}): cut the stages again") from e
     return h.digest()
 
 

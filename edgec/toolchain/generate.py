@@ -37,8 +37,7 @@ def open_lm(source: str, runtime: str | None, kv: KVOptions | None = None) -> Op
         runtime = TIERED
     if (Path(source) / "manifest.json").is_file():
         if runtime == TIERED:
-            raise InputError(f"--runtime {TIERED} runs the decoder stages edgec exports from the model itself: "
-                             f"give the model directory or zoo name instead of the bundle {source}")
+            return _open_bundle_tiered(Path(source), kv or KVOptions())
         return _open_bundle(Path(source), runtime)
     return _open_model(source, runtime or "torch", kv)
 
@@ -67,7 +66,7 @@ def _open_tiered(source: str, kv: KVOptions) -> Opened:
     import json
 
     from edgec.models import DECODER_TYPES
-    from edgec.toolchain.stages import stages_for
+    from edgec.toolchain.stages import stages_for_model
     from edgec.toolchain.zoo import ZOO
 
     path = ZOO[source].locate() if source in ZOO else Path(source)
@@ -85,8 +84,28 @@ def _open_tiered(source: str, kv: KVOptions) -> Opened:
     name = source if source in ZOO else path.name
     eos = config.get("eos_token_id")
     eos = eos if isinstance(eos, list) else [eos]
-    session = runtimes.runtime(TIERED).load_lm(stages_for(path, name), tokenizer, {"eos_token_ids": eos, "kv": kv})
+    session = runtimes.runtime(TIERED).load_lm(stages_for_model(path, name), tokenizer,
+                                               {"eos_token_ids": eos, "kv": kv})
     return Opened(session, TokenBytes(tokenizer), f"{name} on {TIERED} ({describe(kv)})", session.context, eos)
+
+
+def _open_bundle_tiered(root: Path, kv: KVOptions) -> Opened:
+    """The bundle's GenAI decoder (its model.onnx, weights as exported), cut into stages."""
+    from edgec.toolchain.bundle import open_bundle
+    from edgec.toolchain.stages import stages_for_bundle
+
+    b = open_bundle(root)
+    if b.manifest["task"] != "text-generation":
+        raise InputError(f"{root} holds a {b.manifest['task']} model: run it with edgec run {root}")
+    art = next((a for a in b.manifest["artifacts"] if a["runtime"] == "ort-genai"), None)
+    if art is None:
+        raise InputError(f"{root} has no ONNX Runtime GenAI decoder (model.onnx) to run with a tiered KV cache: "
+                         f"export it with --target cpu")
+    gen = b.manifest["generation"]
+    session = runtimes.runtime(TIERED).load_lm(stages_for_bundle(root / art["path"], b.manifest["model"]),
+                                               root / b.manifest["tokenizer"]["path"], {**gen, "kv": kv})
+    return Opened(session, TokenBytes(root / b.manifest["tokenizer"]["path"]),
+                  f"{art['path']} on {TIERED} ({describe(kv)})", session.context, gen["eos_token_ids"])
 
 
 def describe(kv: KVOptions) -> str:

@@ -140,6 +140,19 @@ def test_run_check_replays_the_golden_tokens(run_cli, cpu_bundle, runtime):
     assert code == 2 and "edgec generate" in err
 
 
+def test_generate_with_a_tiered_cache_cuts_the_bundles_decoder(run_cli, cpu_bundle, tmp_path, monkeypatch):
+    """The bundle's own int4 model.onnx, cut at its attention cores, with the cache on disk: GenAI's tokens."""
+    monkeypatch.setenv("EDGEC_CACHE", str(tmp_path / "cache"))
+    code, ref, err = run_cli("generate", cpu_bundle, "--prompt", PROMPT, "-n", "12", "--runtime", "ort-genai")
+    assert code == 0, err
+    code, out, err = run_cli("generate", cpu_bundle, "--prompt", PROMPT, "-n", "12", "--kv-offload", "disk",
+                             "--kv-budget", "24KB", "--kv-chunk", "4", "--kv-dir", tmp_path / "kv", "--json")
+    assert code == 0, err
+    stats = json.loads(err.strip().splitlines()[-1])
+    assert out == ref and "model.onnx on ort-tiered" in stats["runtime"] and stats["kv"]["chunks_read"] > 0
+    assert list((tmp_path / "kv").iterdir()) == []
+
+
 def test_generate_refuses_what_a_bundle_cannot_do(run_cli, cpu_bundle, tmp_path):
     code, _, err = run_cli("generate", cpu_bundle, "--prompt", PROMPT, "--runtime", "qnn-htp")
     assert code == 2 and err.count("\n") == 1 and "qnn-htp" in err

@@ -33,11 +33,11 @@ def env(seeded, monkeypatch):
 @pytest.fixture(scope="module")
 def stages(seeded):
     """The stages the CLI will find in its cache (exported here once)."""
-    from edgec.toolchain.stages import stages_for
+    from edgec.toolchain.stages import stages_for_model
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EDGEC_CACHE", str(seeded[1]))
-        return stages_for(seeded[0], "llama")
+        return stages_for_model(seeded[0], "llama")
 
 
 def _prompt(model):
