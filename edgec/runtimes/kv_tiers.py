@@ -189,6 +189,8 @@ class TieredKV:
         if options.offload == "disk":
             self.store = ChunkStore(options.dir, fingerprint, options.dtype, self.kv_heads, self.dim)
         self._buffers: list[bytearray] = []
+        self._ahead: _ReadAhead | None = None
+        self._last_pick: dict[int, list[Chunk]] = {}  # top-k: each layer's offloaded picks of the last step
         self._buffers_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(options.io_threads, "kv-read") if options.overlap and \
             options.offload != "none" else None
@@ -280,9 +282,14 @@ class TieredKV:
         """(k, v, buffer): a disk chunk read into a reused buffer, handed back by `_release` once attended,
         so steady decoding allocates nothing per chunk (freed read buffers would stay with the heap)."""
         if c.ref is None:
+            with self._buffers_lock:
+                self.stats.chunks_read += 1
+                self.stats.bytes_read += len(c.host)
             return (*self._load(i, c), None)
         with self._buffers_lock:
             buf = self._buffers.pop() if self._buffers else bytearray(c.ref.nbytes + 1)
+            self.stats.chunks_read += 1
+            self.stats.bytes_read += c.ref.nbytes
         try:
             return (*self.store.read(c.ref, buf), buf)
         except BaseException:
@@ -384,30 +391,39 @@ class TieredKV:
         return self._load(i, c)[0]
 
     def begin_step(self, s: int) -> None:
-        """Before layer 0 of a step of `s` tokens: where every chunk of every layer will be read (exact
-        attention), queue all the reads, so layer i+1's come in while layer i computes."""
+        """Before layer 0 of a step of `s` tokens, queue the step's reads so that layer i+1's come in while
+        layer i computes: with exact attention, every chunk on another tier; with top-k, the chunks each
+        layer picked last step (picks change slowly; what is not picked again is dropped unread if it can
+        be, and the rest is read when the layer knows its picks)."""
         self._ahead = None
-        if self.pool is not None and (self.o.policy == "exact" or s > 1):
+        if self.pool is None:
+            return
+        if self.o.policy == "exact" or s > 1:
             plan = [(i, c) for i, layer in enumerate(self.layers) for c in layer.chunks if c.slot is None]
-            self._ahead = _ReadAhead(self.pool, self._load_pooled, plan, self.staging)
+            self._ahead = _ReadAhead(self.pool, self._load_pooled, plan, self.staging, self._release)
+        elif self._last_pick:
+            plan = [(i, c) for i in sorted(self._last_pick) for c in self._last_pick[i] if c.slot is None]
+            self._ahead = _ReadAhead(self.pool, self._load_pooled, plan, max(self.staging // 2, 1), self._release)
 
     def _stream(self, i: int, chunks: list[Chunk]):
         """Batches of (chunk, (k, v)): with read-ahead, whatever has arrived since the last batch; without,
         the whole layer, read one chunk after the other."""
+        if self.o.policy == "topk":
+            self._last_pick[i] = chunks
         if not chunks:
             return
-        self.stats.chunks_read += len(chunks)
-        self.stats.bytes_read += sum(self._nbytes(c) for c in chunks)
         if self.pool is None:
             yield [(c, self._load_pooled(i, c)) for c in chunks]
             return
-        ahead = getattr(self, "_ahead", None)
+        ahead = self._ahead
         planned = ahead.planned(i) if ahead is not None else set()
-        rest = [c for c in chunks if id(c) not in planned]  # spilled during this step: not in the plan
+        rest = [c for c in chunks if id(c) not in planned]  # not foreseen (or spilled during this step)
+        reader = _ReadAhead(self.pool, self._load_pooled, [(i, c) for c in rest], max(self.staging // 2, 1),
+                            self._release) if rest else None
         if planned:
             yield from ahead.take(i, {id(c) for c in chunks})
-        if rest:
-            yield from _ReadAhead(self.pool, self._load_pooled, [(i, c) for c in rest], self.staging).take(i, None)
+        if reader is not None:
+            yield from reader.take(i, None)
 
     def end_step(self) -> None:
         self.stats.steps += 1
@@ -455,8 +471,8 @@ class TieredKV:
 class _ReadAhead:
     """Reads of a planned list of (layer, chunk), in plan order, at most `window` in flight or unconsumed."""
 
-    def __init__(self, pool: ThreadPoolExecutor, load, plan: list[tuple[int, Chunk]], window: int):
-        self.pool, self.load, self.window = pool, load, window
+    def __init__(self, pool: ThreadPoolExecutor, load, plan: list[tuple[int, Chunk]], window: int, release):
+        self.pool, self.load, self.window, self.release = pool, load, window, release
         self.plan = deque(plan)
         self.pending: dict[Future, tuple[int, Chunk]] = {}
         self.fill()
@@ -470,14 +486,21 @@ class _ReadAhead:
         return {id(c) for j, c in list(self.pending.values()) + list(self.plan) if j == i}
 
     def take(self, i: int, wanted: set[int] | None):
-        """Layer i's planned chunks in batches, as their reads complete; a plan is consumed layer by layer."""
+        """Layer i's planned chunks in batches, as their reads complete; a plan is consumed layer by layer.
+        Planned chunks not `wanted` are dropped: unread where their read has not started."""
+        if wanted is not None:
+            self.plan = deque((j, c) for j, c in self.plan if j != i or id(c) in wanted)
+            for f, (j, c) in list(self.pending.items()):
+                if j == i and id(c) not in wanted and f.cancel():
+                    del self.pending[f]
         try:
             while True:
                 mine = [f for f, (j, _) in self.pending.items() if j == i]
                 if not mine:
                     if any(j == i for j, _ in self.plan):
                         for f in [f for f, (j, _) in self.pending.items() if j < i]:  # never consumed
-                            f.cancel()
+                            if not f.cancel():
+                                self.release(f.result()[2])
                             del self.pending[f]
                         self.fill()
                         continue
@@ -489,6 +512,8 @@ class _ReadAhead:
                     kv = f.result()
                     if wanted is None or id(c) in wanted:
                         batch.append((c, kv))
+                    else:
+                        self.release(kv[2])
                 self.fill()
                 if batch:
                     yield batch
