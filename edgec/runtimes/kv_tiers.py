@@ -171,9 +171,11 @@ class TieredKV:
     def __init__(self, layers: list[dict], options: KVOptions, fingerprint: bytes, max_tokens: int):
         options.check()
         self.o = options
-        kvh = {l["kv_heads"] for l in layers}
-        dims = {l["head_dim"] for l in layers}
-        self.kv_heads, self.dim = max(kvh), dims.pop()
+        shapes = {(l["kv_heads"], l["head_dim"]) for l in layers}
+        if len(shapes) != 1:
+            raise InputError(f"the tiered KV cache needs the same KV heads and head size in every layer, this "
+                             f"decoder has {sorted(shapes)}")
+        (self.kv_heads, self.dim), = shapes
         self.groups = [l["heads"] // l["kv_heads"] for l in layers]
         self.stats = StepStats()
         self.audit = False  # top-k: also measure the recall of the selection
