@@ -326,11 +326,11 @@ def report(rows: dict, contexts: list[int], quality: dict, weights: int, args) -
               "| cache | perplexity | vs exact float | top-k recall |", "|---|---|---|---|"]
     for name, r in q.items():
         recall = f"{r['recall']:.3f}" if r["recall"] is not None else ""
-        lines.append(f"| {name} | {r['ppl']:.3f} | {r['ppl'] / q['exact']['ppl']:.4f} | {recall} |")
+        lines.append(f"| {name} | {r['ppl']:.3f} | {r['ppl'] / q['exact']['ppl']:.5f} | {recall} |")
     topk = q["topk"]["ppl"] / q["exact"]["ppl"]
     int8 = q["exact-int8"]["ppl"] / q["exact"]["ppl"]
-    verdicts.append(f"{'PASS' if topk <= 1.05 else 'FAIL'} top-k perplexity {topk:.4f}x exact <= 1.05")
-    verdicts.append(f"{'PASS' if int8 <= 1.02 else 'FAIL'} int8 chunks perplexity {int8:.4f}x float <= 1.02")
+    verdicts.append(f"{'PASS' if topk <= 1.05 else 'FAIL'} top-k perplexity {topk:.5f}x exact <= 1.05")
+    verdicts.append(f"{'PASS' if int8 <= 1.02 else 'FAIL'} int8 chunks perplexity {int8:.5f}x float <= 1.02")
     return lines + [""] + verdicts
 
 
