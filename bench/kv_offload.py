@@ -221,6 +221,7 @@ def plot(rows: dict, contexts: list[int], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for m, (label, _) in MODES.items():
@@ -228,6 +229,12 @@ def plot(rows: dict, contexts: list[int], path: Path) -> None:
         ax.plot(contexts, ys, marker="o", label=f"({m}) {label}")
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    ax.set_xticks(contexts, [f"{n // 1024}k" for n in contexts])
+    ax.set_yticks([t for t in (0.05, 0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+                   if min(min(r["tokens_per_s"] for r in rows.values()) / 1.5, 1) <= t
+                   <= max(r["tokens_per_s"] for r in rows.values()) * 1.5])
+    ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlabel("context (tokens)")
     ax.set_ylabel("decode tokens/s (median)")
     ax.set_title("Decode speed vs context, KV budget = 1/8 of the cache (page cache evicted each step)")
