@@ -10,7 +10,7 @@ of q.k over it is known without reading it.
 Attention is an online softmax over parts (the arena, then each chunk as it
 arrives), so no step ever needs the whole cache in memory: `exact` streams
 every chunk through, `topk` streams the sink, the recent chunks and the N
-chunks of highest bound per KV head. Reads run on a thread pool ahead of use,
+chunks of highest bound per KV head. Reads run on daemon threads ahead of use,
 into a window of `staging` bytes, across layer boundaries when the whole
 step's reads are known in advance (exact), so the disk works while the CPU
 computes.
@@ -18,7 +18,7 @@ computes.
 
 from __future__ import annotations
 
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+import queue
 import threading
 from collections import deque
 from dataclasses import dataclass, field
@@ -47,7 +47,7 @@ class KVOptions:
     dir: Path | None = None  # disk tier root (default: a temporary folder)
     sink: int = 1  # first chunks always attended
     recent: int = 1  # last sealed chunks always attended (the open one always is)
-    overlap: bool = True  # read ahead on a thread pool; off: read each chunk when it is needed
+    overlap: bool = True  # read ahead on reader threads; off: read each chunk when it is needed
     io_threads: int = 4
     keep_hot: bool = True  # off: every sealed chunk leaves memory at once (a naive offload)
 
@@ -194,8 +194,7 @@ class TieredKV:
         self._ahead: _ReadAhead | None = None
         self._last_pick: dict[int, list[Chunk]] = {}  # top-k: each layer's offloaded picks of the last step
         self._buffers_lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(options.io_threads, "kv-read") if options.overlap and \
-            options.offload != "none" else None
+        self.readers = _Readers(options.io_threads) if options.overlap and options.offload != "none" else None
 
     # -- memory plan -------------------------------------------------------------------------------
 
@@ -398,14 +397,14 @@ class TieredKV:
         layer picked last step (picks change slowly; what is not picked again is dropped unread if it can
         be, and the rest is read when the layer knows its picks)."""
         self._ahead = None
-        if self.pool is None:
+        if self.readers is None:
             return
         if self.o.policy == "exact" or s > 1:
             plan = [(i, c) for i, layer in enumerate(self.layers) for c in layer.chunks if c.slot is None]
-            self._ahead = _ReadAhead(self.pool, self._load_pooled, plan, self.staging, self._release)
+            self._ahead = _ReadAhead(self.readers, self._load_pooled, plan, self.staging, self._release)
         elif self._last_pick:
             plan = [(i, c) for i in sorted(self._last_pick) for c in self._last_pick[i] if c.slot is None]
-            self._ahead = _ReadAhead(self.pool, self._load_pooled, plan, max(self.staging // 2, 1), self._release)
+            self._ahead = _ReadAhead(self.readers, self._load_pooled, plan, max(self.staging // 2, 1), self._release)
 
     def _stream(self, i: int, chunks: list[Chunk]):
         """Batches of (chunk, (k, v)): with read-ahead, whatever has arrived since the last batch; without,
@@ -414,13 +413,13 @@ class TieredKV:
             self._last_pick[i] = chunks
         if not chunks:
             return
-        if self.pool is None:
+        if self.readers is None:
             yield [(c, self._load_pooled(i, c)) for c in chunks]
             return
         ahead = self._ahead
         planned = ahead.planned(i) if ahead is not None else set()
         rest = [c for c in chunks if id(c) not in planned]  # not foreseen (or spilled during this step)
-        reader = _ReadAhead(self.pool, self._load_pooled, [(i, c) for c in rest], max(self.staging // 2, 1),
+        reader = _ReadAhead(self.readers, self._load_pooled, [(i, c) for c in rest], max(self.staging // 2, 1),
                             self._release) if rest else None
         if planned:
             yield from ahead.take(i, {id(c) for c in chunks})
@@ -463,66 +462,91 @@ class TieredKV:
                 "steps": self.stats.steps, "offload": self.o.offload, "policy": self.o.policy}
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
+        if self.readers is not None:
+            self.readers.close()
+            self.readers = None
         if self.store is not None:
             self.store.close()
+
+
+class _Readers:
+    """Daemon threads that run reads from a queue. Nothing ever waits for them to finish: an interrupted
+    main thread (Ctrl-C, SIGTERM) can clean up and leave whatever state a read was in."""
+
+    def __init__(self, n: int):
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        for k in range(n):
+            threading.Thread(target=self._work, name=f"kv-read-{k}", daemon=True).start()
+        self.n = n
+
+    def _work(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            key, load, args, out = job
+            try:
+                out.put((key, load(*args), None))
+            except BaseException as e:  # handed to the reader that asked
+                out.put((key, None, e))
+
+    def submit(self, key, load, args, out: queue.SimpleQueue) -> None:
+        self.jobs.put((key, load, args, out))
+
+    def close(self) -> None:
+        for _ in range(self.n):
+            self.jobs.put(None)
 
 
 class _ReadAhead:
     """Reads of a planned list of (layer, chunk), in plan order, at most `window` in flight or unconsumed."""
 
-    def __init__(self, pool: ThreadPoolExecutor, load, plan: list[tuple[int, Chunk]], window: int, release):
-        self.pool, self.load, self.window, self.release = pool, load, window, release
+    def __init__(self, readers: _Readers, load, plan: list[tuple[int, Chunk]], window: int, release):
+        self.readers, self.load, self.window, self.release = readers, load, window, release
         self.plan = deque(plan)
-        self.pending: dict[Future, tuple[int, Chunk]] = {}
+        self.results: queue.SimpleQueue = queue.SimpleQueue()
+        self.pending: dict[int, tuple[int, Chunk]] = {}  # id(chunk) -> (layer, chunk), submitted
+        self.arrived: dict[int, list] = {}  # layer -> [(chunk, result)], read but not taken
         self.fill()
 
     def fill(self) -> None:
-        while self.plan and len(self.pending) < self.window:
+        while self.plan and len(self.pending) + sum(map(len, self.arrived.values())) < self.window:
             i, c = self.plan.popleft()
-            self.pending[self.pool.submit(self.load, i, c)] = (i, c)
+            self.pending[id(c)] = (i, c)
+            self.readers.submit(id(c), self.load, (i, c), self.results)
 
     def planned(self, i: int) -> set[int]:
-        return {id(c) for j, c in list(self.pending.values()) + list(self.plan) if j == i}
+        return {id(c) for j, c in list(self.pending.values()) + list(self.plan) if j == i} | \
+            {id(c) for c, _ in self.arrived.get(i, [])}
+
+    def _receive(self) -> None:
+        key, result, error = self.results.get()
+        i, c = self.pending.pop(key)
+        if error is not None:
+            raise error
+        self.arrived.setdefault(i, []).append((c, result))
 
     def take(self, i: int, wanted: set[int] | None):
         """Layer i's planned chunks in batches, as their reads complete; a plan is consumed layer by layer.
         Planned chunks not `wanted` are dropped: unread where their read has not started."""
         if wanted is not None:
             self.plan = deque((j, c) for j, c in self.plan if j != i or id(c) in wanted)
-            for f, (j, c) in list(self.pending.items()):
-                if j == i and id(c) not in wanted and f.cancel():
-                    del self.pending[f]
-        try:
-            while True:
-                mine = [f for f, (j, _) in self.pending.items() if j == i]
+        for j in [j for j in self.arrived if j < i]:  # layers that never asked: their reads go unused
+            for _, result in self.arrived.pop(j):
+                self.release(result[2])
+        while True:
+            self.fill()
+            mine = any(j == i for j, _ in self.pending.values()) or any(j == i for j, _ in self.plan)
+            if not self.arrived.get(i):
                 if not mine:
-                    if any(j == i for j, _ in self.plan):
-                        for f in [f for f, (j, _) in self.pending.items() if j < i]:  # never consumed
-                            if not f.cancel():
-                                self.release(f.result()[2])
-                            del self.pending[f]
-                        self.fill()
-                        continue
                     return
-                done, _ = wait(mine, return_when=FIRST_COMPLETED)
-                batch = []
-                for f in done:
-                    _, c = self.pending.pop(f)
-                    kv = f.result()
-                    if wanted is None or id(c) in wanted:
-                        batch.append((c, kv))
-                    else:
-                        self.release(kv[2])
-                self.fill()
-                if batch:
-                    yield batch
-        except BaseException:
-            for f in self.pending:
-                f.cancel()
-            raise
+                self._receive()
+                continue
+            batch = []
+            for c, result in self.arrived.pop(i):
+                if wanted is None or id(c) in wanted:
+                    batch.append((c, result))
+                else:
+                    self.release(result[2])
+            if batch:
+                yield batch
 
 
 def _shares(bound: np.ndarray) -> np.ndarray:
