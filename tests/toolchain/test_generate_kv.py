@@ -18,9 +18,9 @@ EDGEC = [sys.executable, "-m", "edgec.toolchain.cli"]
 
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory):
-    """A seeded Llama (2048 positions) and a stage cache that the CLI fills on first use."""
+    """A seeded one-layer Llama (2048 positions) and a stage cache that the CLI fills on first use."""
     root = tmp_path_factory.mktemp("kv")
-    model = seeded_decoder_dir(root / "llama", max_position_embeddings=2048)
+    model = seeded_decoder_dir(root / "llama", max_position_embeddings=2048, num_hidden_layers=1)
     return model, root / "cache"
 
 
@@ -49,7 +49,7 @@ def _prompt(model):
     return [0] + tok.encode(prose.split("heldout")[3][:600]).ids[:100]
 
 
-@pytest.mark.parametrize("kv", [KVOptions(), KVOptions("disk", budget=80_000, chunk=8, io_threads=2)],
+@pytest.mark.parametrize("kv", [KVOptions(), KVOptions("disk", budget=40_000, chunk=8, io_threads=2)],
                          ids=["memory", "disk"])
 def test_tiered_greedy_tokens_equal_transformers(seeded, stages, kv, tmp_path):
     from edgec.runtimes import runtime
@@ -78,7 +78,7 @@ def test_cli_disk_topk_streams_text_and_cleans_up(seeded, stages, env, run_cli, 
     base = ["generate", model, "--prompt", "And the LORD said unto Moses,", "-n", "24"]
     code, ref, _ = run_cli(*base)
     assert code == 0
-    code, out, err = run_cli(*base, "--kv-offload", "disk", "--kv-budget", "28KB", "--kv-chunk", "4",
+    code, out, err = run_cli(*base, "--kv-offload", "disk", "--kv-budget", "22KB", "--kv-chunk", "4",
                              "--kv-dir", tmp_path, "--json")
     assert code == 0, err
     assert out == ref  # exact attention: the same greedy text as transformers
@@ -86,7 +86,7 @@ def test_cli_disk_topk_streams_text_and_cleans_up(seeded, stages, env, run_cli, 
 
     stats = json.loads(err.strip().splitlines()[-1])
     assert stats["kv"]["spilled"] > 0 and "ort-tiered" in stats["runtime"]
-    code, out, err = run_cli(*base, "--kv-offload", "disk", "--kv-budget", "28KB", "--kv-chunk", "4",
+    code, out, err = run_cli(*base, "--kv-offload", "disk", "--kv-budget", "22KB", "--kv-chunk", "4",
                              "--kv-policy", "topk", "--kv-topk", "2", "--kv-dtype", "int8", "--kv-dir", tmp_path)
     assert code == 0 and len(out.strip()) > 10, err
     assert list(tmp_path.iterdir()) == []
