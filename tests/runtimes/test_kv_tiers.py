@@ -86,12 +86,14 @@ def test_spill_and_reload_gives_back_what_went_out(tmp_path, data):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_int8_chunks_are_close_and_smaller(tmp_path, data):
-    caches = {d: TieredKV(LAYERS, KVOptions("host", dtype=d, **SMALL), FP, 150) for d in ("float32", "int8")}
+def test_float16_and_int8_chunks_are_close_and_smaller(tmp_path, data):
+    caches = {d: TieredKV(LAYERS, KVOptions("host", dtype=d, **SMALL), FP, 150) for d in ("float32", "float16", "int8")}
     outs = {d: run(c, data, STEPS) for d, c in caches.items()}
-    for (_, _, _, a), (_, _, _, b) in zip(outs["float32"], outs["int8"]):
+    for (_, _, _, a), (_, _, _, h), (_, _, _, b) in zip(outs["float32"], outs["float16"], outs["int8"]):
+        np.testing.assert_allclose(a, h, atol=2e-3)
         np.testing.assert_allclose(a, b, atol=0.05)
     host = {d: sum(len(ch.host) for ch in c.layers[0].chunks if ch.host) for d, c in caches.items()}
+    assert host["float16"] == host["float32"] // 2
     assert host["int8"] < 0.4 * host["float32"]  # 8 int8 + one float32 scale per 8 floats
 
 
