@@ -109,7 +109,9 @@ def test_an_interrupted_generation_removes_its_chunks(seeded, stages, env, sig, 
     kv_dir = tmp_path / "kv"
     proc = subprocess.Popen([*EDGEC, "generate", str(seeded[0]), "--prompt", "In the beginning", "-n", "1900",
                              "--kv-offload", "disk", "--kv-budget", "300KB", "--kv-chunk", "8", "--kv-dir",
-                             str(kv_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                             str(kv_dir)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            # a shell's background job ignores SIGINT, and Python keeps that: undo it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while time.time() < deadline and len(list(kv_dir.glob("*/*.kv"))) < 4:
         time.sleep(0.05)
