@@ -127,7 +127,6 @@ class ChunkStore:
         self.fingerprint = fingerprint.ljust(32, b"\0")[:32]
         self.dtype, self.kv_heads, self.dim = dtype, kv_heads, dim
         self.written = 0  # bytes now on disk
-        self.reads = 0  # bytes read back, for the figures
         self.closed = False
 
     def write(self, layer: int, start: int, k: np.ndarray, v: np.ndarray) -> ChunkRef:
@@ -175,7 +174,6 @@ class ChunkStore:
                                "generating, so this generation cannot go on") from None
         except OSError as e:
             raise KVStoreError(f"cannot read KV chunk {ref.name} ({e.strerror})") from e
-        self.reads += len(data)
         if len(data) != ref.nbytes:
             raise KVStoreError(f"KV chunk truncated or overwritten: {ref.name} has {len(data)} bytes, "
                                f"{ref.nbytes} were written")
@@ -199,10 +197,6 @@ class ChunkStore:
         if problem is not None:
             raise KVStoreError(f"KV chunk refused: {ref.name}: {problem}")
         return decode(payload, self.dtype, kvh, end - start, dim)
-
-    def drop(self, ref: ChunkRef) -> None:
-        ref.path.unlink(missing_ok=True)
-        self.written -= ref.nbytes
 
     def evict_page_cache(self) -> None:
         """Ask the kernel to forget the cached pages of every chunk file, so the next reads hit the disk."""

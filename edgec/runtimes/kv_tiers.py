@@ -302,9 +302,6 @@ class TieredKV:
             with self._buffers_lock:
                 self._buffers.append(buf)
 
-    def _nbytes(self, c: Chunk) -> int:
-        return c.ref.nbytes if c.ref is not None else len(c.host)
-
     def attend(self, i: int, q: np.ndarray, start: int) -> np.ndarray:
         """q [heads, S, D] at positions start .. start+S-1 (already appended) -> context [S, heads * D]."""
         layer, g = self.layers[i], self.groups[i]
