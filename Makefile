@@ -25,8 +25,10 @@ demo: install
 	$(VENV)/bin/edgec export minilm --target npu -o out/minilm-npu
 	@echo "report: out/minilm-npu/report.md"
 
+# test files spread over TEST_JOBS processes; a module's fixtures stay in one
+TEST_JOBS ?= 2
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 # every bench script in one run, one table at the end; BENCH_ARGS=--quick for a short tour
 bench: install

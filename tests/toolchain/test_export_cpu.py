@@ -74,7 +74,7 @@ def test_vit_token_budget_on_cpu_runtimes(run_cli, tmp_path):
     from helpers import check_bundle
 
     recipe = tmp_path / "r.json"
-    recipe.write_text(json.dumps({"eval_samples": 40, "bench_runs": 1}))
+    recipe.write_text(json.dumps({"eval_samples": 40, "bench_runs": 1, "compare_quantized_only": False}))
     out = tmp_path / "vit"
     code, stdout, err = run_cli("export", "vit-digits", "--target", "cpu", "-o", out, "--token-budget", "0.5",
                                 "--recipe", recipe)
