@@ -10,14 +10,22 @@ IS_311 := -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
 PYTHON ?= $(firstword $(foreach p,python3.11 python3,$(shell $(p) $(IS_311) >/dev/null 2>&1 && echo $(p))))
 NEED_311 := edgec needs Python 3.11: install python3.11 (apt-get install python3.11 python3.11-venv)
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench clean vulkan
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { test -n "$(PYTHON)" && $(PYTHON) $(IS_311) 2>/dev/null; } || { echo "$(NEED_311)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[test,gpu]'
 	touch $(STAMP)
+
+# the software Vulkan device (Mesa's lavapipe) the gpu target is verified on; installed where this
+# user may (root with apt), else the GPU tests skip and say why
+vulkan:
+	@ls /usr/share/vulkan/icd.d/lvp_icd*.json >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null; } || \
+	  echo "no software Vulkan device: the GPU tests will skip (apt-get install mesa-vulkan-drivers)"; }
 
 install: $(STAMP)
 
@@ -27,7 +35,7 @@ demo: install
 
 # test files spread over TEST_JOBS processes; a module's fixtures stay in one
 TEST_JOBS ?= 2
-test: install
+test: install vulkan
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 # every bench script in one run, one table at the end; BENCH_ARGS=--quick for a short tour

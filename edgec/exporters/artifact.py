@@ -7,15 +7,17 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Artifact:
     path: Path
-    format: str  # "onnx", "onnx-qdq", "pte"
-    runtime: str  # the runtime it is built for: "ort-cpu", "qnn-htp", "executorch"
+    format: str  # "onnx", "onnx-qdq", "pte", "vmfb"
+    runtime: str  # the runtime it is built for: "ort-cpu", "qnn-htp", "executorch", "iree-vulkan"
     also_on: tuple[str, ...] = ()  # other runtimes it is verified on (a QDQ graph runs on ORT CPU too)
+    not_run: str = ""  # why it is shipped unverified (a module for a GPU this machine lacks)
     # manifest fields the exporter knows and the file does not say (a program's inputs, a cache layout)
     manifest: dict = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def runtimes(self) -> tuple[str, ...]:
-        return (self.runtime, *self.also_on)
+        """The runtimes it is verified on here."""
+        return () if self.not_run else (self.runtime, *self.also_on)
 
     @property
     def external_data(self) -> list[Path]:
@@ -29,4 +31,5 @@ class Artifact:
 
     def to_dict(self, root: Path) -> dict:
         return {"path": str(self.path.relative_to(root)), "format": self.format,
-                "runtime": self.runtime, "verified_on": list(self.runtimes), "bytes": self.bytes}
+                "runtime": self.runtime, "verified_on": list(self.runtimes), "bytes": self.bytes,
+                **({"not_run": self.not_run} if self.not_run else {})}

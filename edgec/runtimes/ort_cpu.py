@@ -9,10 +9,12 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _state
 
 from edgec.errors import BackendError
+from edgec.runtimes import fit_ids
 
 # ORT's Python exceptions share no base class below Exception.
 ORT_ERRORS = (_state.Fail, _state.InvalidArgument, _state.InvalidGraph, _state.InvalidProtobuf,
               _state.NoSuchFile, _state.EPFail, _state.RuntimeException, _state.NotImplemented)
+_INT_TYPES = {"tensor(int32)": "int32", "tensor(int64)": "int64"}
 _BAD_MODEL_ERRORS = (_state.InvalidGraph, _state.InvalidProtobuf, _state.NoSuchFile)
 
 
@@ -24,8 +26,10 @@ class OrtSession:
         self.threads = threads
         self.input_names = [i.name for i in session.get_inputs()]
         self.output_names = [o.name for o in session.get_outputs()]
+        self._ids = {i.name: np.dtype(_INT_TYPES[i.type]) for i in session.get_inputs() if i.type in _INT_TYPES}
 
     def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        feeds = {k: fit_ids(v, self._ids[k], k) if k in self._ids else v for k, v in feeds.items()}
         return self._session.run(self.output_names, feeds)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from edgec.errors import InputError
 from edgec.targets.base import Build, Built, Target
 from edgec.targets.cpu import Cpu
+from edgec.targets.gpu import Gpu
 from edgec.targets.npu import Npu
 
 TARGETS: dict[str, Target] = {}
@@ -22,7 +23,7 @@ def resolve(name: str) -> Target:
     return TARGETS[name]
 
 
-for _t in (Npu(), Cpu()):
+for _t in (Npu(), Cpu(), Gpu()):
     register(_t)
 
 __all__ = ["Build", "Built", "Target", "TARGETS", "register", "resolve"]

@@ -55,6 +55,12 @@ class Target:
 
     def check(self, recipe) -> None:
         """Refuse recipe settings this target would not apply, before any work starts."""
+        from edgec.errors import InputError
+
+        gpu = {"gpu_api": "vulkan", "gpu_arch": None, "precision": "fp32"}  # the defaults
+        for key, default in gpu.items():
+            if getattr(recipe, key) != default:
+                raise InputError(f"'{key}' is a setting of the gpu target: remove it or use --target gpu")
 
     def build(self, job: Build, module: torch.nn.Module, out_dir: Path, float_onnx: Artifact) -> Built:
         """Write the artifacts for `module` into `out_dir`; `float_onnx` is its float graph."""

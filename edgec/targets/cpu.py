@@ -17,6 +17,7 @@ class Cpu(Target):
                    "int8 ExecuTorch program for XNNPACK")
 
     def check(self, recipe) -> None:
+        super().check(recipe)
         # both artifacts quantize activations per call: no static plan, no smoothing to apply
         for key in ("plan", "smooth"):
             if getattr(recipe, key) is not None:

@@ -77,7 +77,8 @@ class ImageClassification(Task):
         ref = np.array([r[0].argmax() for r in reference])
         got = np.array([c[0].argmax() for c in candidate])
         truth = ref if feeds.labels is None else feeds.labels[:len(got)]
-        return {"value": float((got == truth).mean()), "samples": len(got)}
+        return {"value": float((got == truth).mean()), "samples": len(got),
+                "max_abs_diff": float(max(np.abs(r[0] - c[0]).max() for r, c in zip(reference, candidate)))}
 
     def bundle(self, model, recipe, output_names: list[str], work: Path) -> dict:
         labels = getattr(model.config, "id2label", None) or {}

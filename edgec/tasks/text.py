@@ -91,8 +91,10 @@ class SentenceEmbedding(Task):
         return "pooled sentence-embedding cosine to float"
 
     def metric(self, reference: list[Outputs], candidate: list[Outputs], feeds: Feeds) -> dict:
-        cs = [cosine(embedding(r, f), embedding(c, f)) for r, c, f in zip(reference, candidate, feeds.eval)]
-        return {"value": float(np.mean(cs)), "min": float(np.min(cs)), "samples": len(cs)}
+        pairs = [(embedding(r, f), embedding(c, f)) for r, c, f in zip(reference, candidate, feeds.eval)]
+        cs = [cosine(a, b) for a, b in pairs]
+        return {"value": float(np.mean(cs)), "min": float(np.min(cs)), "samples": len(cs),
+                "max_abs_diff": float(max(np.abs(a - b).max() for a, b in pairs))}
 
     def bundle(self, model, recipe, output_names: list[str], work: Path) -> dict:
         (work / "tokenizer").mkdir()

@@ -31,7 +31,9 @@ class Bundle:
         raise InputError(f"no artifact in {self.root} is verified on '{runtime}': choose one of {', '.join(offered)}")
 
     def session(self, art: dict, runtime: str) -> runtimes.Session:
-        return runtimes.load(runtime, self.root / art["path"])
+        session = runtimes.load(runtime, self.root / art["path"])
+        _check_export(art, getattr(session, "export_id", None), self.root)
+        return session
 
 
 def open_bundle(root: Path) -> Bundle:
@@ -49,7 +51,7 @@ def open_bundle(root: Path) -> Bundle:
     validate(manifest)
     for art in manifest["artifacts"]:
         _check_file(root, art)
-        if not (root / art["golden"]["path"]).is_file():
+        if "golden" in art and not (root / art["golden"]["path"]).is_file():
             raise InputError(f"{root / art['golden']['path']} is missing: re-export the bundle")
     if "tokenizer" in manifest and not (root / manifest["tokenizer"]["path"]).is_file():
         raise InputError(f"{root / manifest['tokenizer']['path']} is missing: re-export the bundle")
@@ -69,6 +71,15 @@ def _check_file(root: Path, art: dict) -> None:
     if f.stat().st_size + sum(e["bytes"] for e in extra) != art["bytes"] or sha256(f) != art["sha256"]:
         raise InputError(f"{f} does not match its manifest entry (size or sha256): the file is truncated or "
                          "changed; re-export the bundle")
+
+
+def _check_export(art: dict, export_id: str | None, root: Path) -> None:
+    """A module carries the id of the export it came from: one from another export is refused, even
+    with a manifest entry edited to match its bytes."""
+    expected = art.get("gpu", {}).get("export")
+    if expected and export_id != expected:
+        raise InputError(f"{root / art['path']} comes from another export ({export_id}, this bundle is "
+                         f"{expected}): re-export the bundle")
 
 
 def check_golden(bundle: Bundle, art: dict, runtime: str) -> list[tuple[str, bool]]:

@@ -48,7 +48,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("model")
 @click.option("--target", "-t", default="npu", show_default=True,
-              help="cpu (int8 ONNX + ExecuTorch) or npu (integer-only, Qualcomm HTP).")
+              help="cpu (int8 ONNX + ExecuTorch), npu (integer-only, Qualcomm HTP) or gpu (IREE modules).")
 @click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
               help="Output directory (replaced whole when the export succeeds).")
 @click.option("--calib", type=click.Path(path_type=Path),
@@ -61,10 +61,16 @@ def cli() -> None:
               help="Pruning criterion [default: flap].")
 @click.option("--token-budget", help="Tokens kept after an early layer: a fraction (0.5) or a count (8).")
 @click.option("--token-layer", type=int, help="The layer whose attention picks the kept tokens [default: 0].")
+@click.option("--gpu-api", type=click.Choice(["vulkan", "cuda"]), default=None,
+              help="--target gpu: the GPU API [default: vulkan].")
+@click.option("--gpu-arch", help="--target gpu: architectures, comma-separated, as IREE names them "
+                                 "(adreno, valhall, rdna3, ampere; sm_80) [default: phone and desktop GPUs].")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
+              help="--target gpu: precision inside the modules [default: fp32].")
 @click.option("--recipe", type=click.Path(path_type=Path), help="Recipe file (JSON or YAML).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def export(model, target, out, calib, calib_samples, seq_len, prune_ratio, prune_method, token_budget,
-           token_layer, recipe, quiet) -> None:
+           token_layer, gpu_api, gpu_arch, precision, recipe, quiet) -> None:
     """Export MODEL (a zoo name or a Hugging Face directory) for --target."""
     _quiet_torch()
     from edgec.toolchain.pipeline import export as run_export
@@ -73,8 +79,9 @@ def export(model, target, out, calib, calib_samples, seq_len, prune_ratio, prune
 
     try:
         r = load_recipe(recipe)
-        r = r.with_overrides(calib_samples=calib_samples, seq_len=seq_len,
-                             prune=_prune_config(r, prune_ratio, prune_method),
+        archs = None if gpu_arch is None else tuple(a for a in gpu_arch.split(",") if a.strip())
+        r = r.with_overrides(calib_samples=calib_samples, seq_len=seq_len, gpu_api=gpu_api, gpu_arch=archs,
+                             precision=precision, prune=_prune_config(r, prune_ratio, prune_method),
                              token_budget=_budget_config(r, token_budget, token_layer))
     except ValueError as e:
         _fail(f"{e}: fix the option value")

@@ -144,7 +144,7 @@ class LMExport:
         (work / FOLDER).mkdir(exist_ok=True)
         prompts = [[int(t) for t in f["input_ids"][0]] for f in self.feeds.golden]
         entries = {}
-        for art in self.artifacts:
+        for art in (a for a in self.artifacts if a.runtimes):
             arrays = {f"prompt/{i}": np.asarray(p, np.int64) for i, p in enumerate(prompts)}
             for rt in art.runtimes:
                 picks = prompts[:1] if runtimes.runtime(rt).simulated else prompts

@@ -88,7 +88,7 @@ class Export:
 
     def golden(self, work: Path) -> dict[str, dict]:
         return {a.path.name: write_golden(work, a, self.feeds, self.session, self.output_names)
-                for a in self.artifacts}
+                for a in self.artifacts if a.runtimes}
 
     def _compress(self, module: torch.nn.Module) -> torch.nn.Module:
         """Structured pruning, then static token dropping: each a torch-level pass."""
@@ -203,7 +203,11 @@ class Export:
 
         rt = runtimes.runtime(name)
         threads = {s.threads for (path, r), s in self.sessions.items() if r == name}
+        devices = sorted({s.device_info.name for (path, r), s in self.sessions.items()
+                          if r == name and hasattr(s, "device_info")})
         return {"description": rt.description, "version": package_version(rt.package), "simulated": rt.simulated,
+                **({"simulator": rt.simulator_name} if rt.simulated else {}),
+                **({"devices": devices} if devices else {}),
                 "threads": threads.pop() if len(threads) == 1 else sorted(threads, key=str)}
 
 

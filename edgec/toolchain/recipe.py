@@ -17,6 +17,8 @@ _PASS_CONFIGS = {"plan": PrecisionPlan, "smooth": SmoothConfig, "prune": PruneCo
 
 
 WEIGHTS = ("int4", "int8", "float")
+PRECISIONS = ("fp32", "fp16")
+GPU_APIS = ("vulkan", "cuda")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -44,6 +46,11 @@ class Recipe:
     context: int | None = None
     prefill_chunk: int | None = None
     weights: str = "int4"
+    # the gpu target: the API, the architectures to compile for (None: phone and desktop defaults)
+    # and the precision inside the modules; inputs and outputs keep their dtypes
+    gpu_api: str = "vulkan"
+    gpu_arch: tuple[str, ...] | None = None
+    precision: str = "fp32"
 
     def __post_init__(self):
         for name in ("seq_len", "calib_samples", "prune_calib_samples", "eval_samples", "htp_eval_samples",
@@ -52,6 +59,16 @@ class Recipe:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.weights not in WEIGHTS:
             raise ValueError(f"weights '{self.weights}' is not one of {', '.join(WEIGHTS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision '{self.precision}' is not one of {', '.join(PRECISIONS)} "
+                             "(int8 does not compile on the GPU route)")
+        if self.gpu_api not in GPU_APIS:
+            raise ValueError(f"gpu_api '{self.gpu_api}' is not one of {', '.join(GPU_APIS)}")
+        if self.gpu_arch is not None:
+            archs = (self.gpu_arch,) if isinstance(self.gpu_arch, str) else tuple(self.gpu_arch)
+            if not archs or not all(isinstance(a, str) and a.strip() for a in archs):
+                raise ValueError("gpu_arch must name at least one architecture")
+            object.__setattr__(self, "gpu_arch", tuple(a.strip() for a in archs))
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -33,18 +33,21 @@ def render_markdown(r: dict) -> str:
     lines += ["## Accuracy", "", f"Metric: {acc['metric']}, on {acc['data']}. Float: {acc['float']:.4f}. "
               f"Headline: **{acc['quantized']:.4f}** on `{acc['headline']}`.", ""]
     rows = [[f"`{k}`", f"{v['value']:.4f}", f"{v['float']:.4f}", f"{v['min']:.4f}" if "min" in v else "",
-             v["samples"], f"{v['seconds']} s"] for k, v in acc["per_runtime"].items()]
-    lines += _table(["artifact@runtime", "value", "float, same samples", "worst sample", "samples", "time taken"],
-                    rows)
+             f"{v['max_abs_diff']:.2e}" if "max_abs_diff" in v else "", v["samples"], f"{v['seconds']} s"]
+            for k, v in acc["per_runtime"].items()]
+    lines += _table(["artifact@runtime", "value", "float, same samples", "worst sample", "max abs diff to float",
+                     "samples", "time taken"], rows)
     slow = [k for k in acc["per_runtime"] if r["runtimes"].get(k.rsplit("@", 1)[1], {}).get("simulated")]
     if slow:
-        lines += [f"`{k}` runs on a simulator: {acc['per_runtime'][k]['samples']} held-out samples took "
+        sim = lambda k: r["runtimes"][k.rsplit("@", 1)[1]].get("simulator", "simulator")
+        lines += [f"`{k}` runs on a {sim(k)}: {acc['per_runtime'][k]['samples']} held-out samples took "
                   f"{acc['per_runtime'][k]['seconds']} s." for k in slow] + [""]
     lines += _latency(r)
     lines += _compression(r)
     if "graph" in r:
         lines += ["## What the graph does", "", r["graph"], ""]
     lines += npu_section(r)
+    lines += gpu_section(r)
     if "calibration" in r:
         c = r["calibration"]
         lines += ["## Calibration", "", f"Data: {c['source']}."]
@@ -54,6 +57,22 @@ def render_markdown(r: dict) -> str:
         lines.append("")
     return "\n".join(lines)
 
+
+
+def gpu_section(r: dict) -> list[str]:
+    """Each IREE module: what it is for, and whether it ran here or was only compiled."""
+    if "gpu" not in r:
+        return []
+    g = r["gpu"]
+    found = "; ".join(f"{api}: {', '.join(d) or 'none'}" for api, d in g["devices"].items())
+    lines = ["## GPU modules", "", f"API: {g['api']}; precision: {g['precision']} ({g['precision_note']}). "
+             f"Devices here: {found}. All modules come from the same `model.onnx` (export {g['export']}).", ""]
+    lines += _table(["module", "api", "architecture", "size", "compile", "status"],
+                    [[f"`{m['path']}`", m["api"], m["arch"], _kb(m["bytes"]), f"{m['compile_seconds']} s", m["status"]]
+                     for m in g["modules"]])
+    lines += ["A module runs only on the GPU family it was compiled for: one for a real GPU would run on the "
+              "software device and return garbage, so the runtime refuses it.", "", f"{g['int8'][0].upper()}{g['int8'][1:]}.", ""]
+    return lines
 
 
 def npu_section(r: dict) -> list[str]:
@@ -112,11 +131,14 @@ def _latency(r: dict) -> list[str]:
     lines += _table(["artifact@runtime", *(f"{label} {mode}" for label in labels for mode in ("hot", "cold"))], rows)
     for name, per_input in r.get("simulator_wall_ms", {}).items():
         for label, t in per_input.items():
-            lines += [f"Simulator wall time of `{name}` ({label}): {t['median']:.0f} ms per run on this x86-64 "
-                      "machine. This is the simulator's cost, not a device latency.", ""]
+            sim = r["runtimes"].get(name.rsplit("@", 1)[1], {}).get("simulator", "simulator")
+            lines += [f"Wall time of `{name}` ({label}) on the {sim}: {t['median']:.0f} ms per run on this x86-64 "
+                      f"machine: correctness only, not device speed.", ""]
     lines += ["Runtimes:", ""]
-    lines += [f"- `{name}` {v['version'] or ''}: {v['description']}; threads: "
-              f"{'set by the simulator' if v['simulated'] else v['threads']}" for name, v in r["runtimes"].items()]
+    lines += [f"- `{name}` {v['version'] or ''}: {v['description']}"
+              + (f"; device: {', '.join(v['devices'])}" if v.get("devices") else "")
+              + f"; threads: {'set by the ' + v.get('simulator', 'simulator') if v['simulated'] else v['threads']}"
+              for name, v in r["runtimes"].items()]
     m = r["machine"]
     isa = ", ".join(k for k, v in m.get("isa", {}).items() if v) or "none of the listed"
     lines += ["", f"Machine: {m.get('cpu')}, {m.get('logical_cores')} logical cores; ISA: {isa}.", ""]

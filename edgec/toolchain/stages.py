@@ -11,20 +11,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import sys
 from pathlib import Path
 
+from edgec.cache import cache_root
 from edgec.runtimes.tiered_lm import SPEC_FILE
 from edgec.toolchain.publish import atomic_dir
 
 FORMAT = "stages-v2"
-
-
-def cache_root() -> Path:
-    base = os.environ.get("EDGEC_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME") or
-                                                        os.path.expanduser("~/.cache"), "edgec")
-    return Path(base)
 
 
 def files_key(files: list[Path]) -> str:
