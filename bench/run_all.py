@@ -29,6 +29,7 @@ SCRIPTS = {
     "llm_equivalence": ["--models", "tinylm,qwen2", "--prompts", "2", "--new-tokens", "16"],
     "llm_export": ["--targets", "npu", "--htp-windows", "2"],
     "llm_decode_speed": ["--layers", "2", "--hidden", "256", "--new-tokens", "16"],
+    "gpu": ["--models", "vit-digits", "--precisions", "fp32", "--runs", "3", "--new-tokens", "8"],
     "kv_offload": ["--contexts", "2048,4096", "--layers", "2", "--hidden", "256", "--kv-heads", "2",
                    "--head-dim", "64", "--chunk", "16", "--steps", "3", "--quality-windows", "1"],
 }

@@ -90,8 +90,12 @@ def gpu_ready(onnx_path: Path) -> None:
                   helper.make_node("Squeeze", [f"{p}/row", f"{p}/axes"], [n.output[0]], name=f"{p}/Squeeze")]
         changed = True
     if changed:
-        del g.node[:]
+        used = {x for n in nodes for x in n.input} | {o.name for o in g.output}
+        nodes = [n for n in nodes if n.op_type != "Constant" or n.output[0] in used]  # the old indices
+        kept = [t for t in g.initializer if t.name in used]
+        del g.node[:], g.initializer[:]
         g.node.extend(nodes)
+        g.initializer.extend(kept)
         write_atomic(onnx_path, lambda tmp: onnx.save(model, tmp))
 
 

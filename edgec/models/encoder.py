@@ -104,7 +104,7 @@ class TextEncoder(nn.Module):
         return self.ln(self.word(input_ids) + pos + self.segment.weight[0])
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        mask_add = (1.0 - attention_mask[:, None, None, :].to(torch.float32)) * self.mask_value
+        mask_add = (1.0 - attention_mask[:, None, None, :].to(self.ln.weight.dtype)) * self.mask_value
         x = self.embed(input_ids)
         for layer in self.layers:
             x = layer(x, mask_add)

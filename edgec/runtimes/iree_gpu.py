@@ -202,6 +202,13 @@ class IreeSession:
             raise BackendError(f"IREE cannot load {self.path.name} on {self.device_info.name} "
                                f"({_first_line(e)}); re-export it for this GPU") from None
 
+    def device_memory(self) -> float | None:
+        """Peak MB the device allocator has held (weights, activations), where IREE keeps statistics."""
+        allocator = self.device.allocator
+        if not allocator.has_statistics:
+            return None
+        return round(allocator.statistics["device_bytes_peak"] / 1e6, 1)
+
     @property
     def export_id(self) -> str | None:
         return self.tags["export"]

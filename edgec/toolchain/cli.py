@@ -228,6 +228,27 @@ def _run_lm(b, runtime: str | None, check: bool, has_input: bool) -> None:
     click.echo(f"{art['path']} on {rt}: {len(results)} golden generations reproduced")
 
 
+@cli.command("bench")
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--runtime", "-r", help="Runtime to measure [default: every runtime the bundle was verified on]; "
+                                      "ORT CPU runs beside it as the reference.")
+@click.option("--runs", type=click.IntRange(min=1), default=20, show_default=True, help="Timed runs after warm-up.")
+@click.option("--json", "as_json", is_flag=True, help="Print the rows as JSON.")
+def bench_cmd(bundle, runtime, runs, as_json) -> None:
+    """Latency, throughput and device memory of a bundle's artifacts, against ORT CPU in the same run."""
+    import json
+
+    from edgec.toolchain.bench_bundle import bench_bundle, render
+    from edgec.toolchain.bundle import open_bundle
+
+    rows = bench_bundle(open_bundle(bundle), runtime, runs)
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in rows], indent=2))
+        return
+    for line in render(rows):
+        click.echo(line)
+
+
 @cli.command()
 @click.argument("source")
 @click.option("--prompt", "-p", help="The prompt text.")
