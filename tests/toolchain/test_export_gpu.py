@@ -56,7 +56,7 @@ def test_gpu_bundle_golden_outputs_reproduce(vit_bundle, run_cli):
 def test_bench_sets_no_software_device_time_beside_the_cpu(vit_bundle, run_cli):
     code, stdout, err = run_cli("bench", vit_bundle, "--runs", "2")
     assert code == 0, err
-    rows = {line.split()[0]: line for line in stdout.splitlines() if "@" in line.split()[0]}
+    rows = {line.split()[0]: line for line in stdout.splitlines()[1:] if "@" in line.split()[0]}
     assert set(rows) == {"model.vulkan-llvmpipe.vmfb@iree-vulkan", "model.onnx@ort-cpu"}
     assert rows["model.vulkan-llvmpipe.vmfb@iree-vulkan"].endswith("correctness only, not device speed")
     assert "faster" not in stdout
