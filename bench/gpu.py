@@ -24,11 +24,12 @@ from edgec.toolchain.cli import _quiet_libraries
 
 
 def _api_and_archs() -> tuple[str, tuple[str, ...] | None, str]:
+    from edgec.exporters.iree import cuda_arch_for
     from edgec.runtimes import iree_gpu
 
     cuda = [d for d in iree_gpu.devices("cuda") if d.compute_capability]
     if cuda:
-        return "cuda", (f"sm_{cuda[0].compute_capability}",), cuda[0].name
+        return "cuda", (cuda_arch_for(cuda[0].compute_capability),), cuda[0].name
     real = [d for d in iree_gpu.devices("vulkan") if not d.software]
     if real:
         return "vulkan", None, real[0].name

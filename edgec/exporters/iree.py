@@ -23,7 +23,15 @@ from edgec.exporters.atomic import write_atomic
 APIS = ("vulkan", "cuda")
 SOFTWARE_VULKAN = "llvmpipe"  # Mesa's lavapipe: the Vulkan device every Linux machine can have
 # phone GPUs first (Qualcomm Adreno, Arm Mali Valhall), then desktop AMD RDNA3 and NVIDIA Ampere
-DEFAULT_ARCHS = {"vulkan": ("adreno", "valhall", "rdna3", "ampere"), "cuda": ("sm_80", "sm_90")}
+DEFAULT_ARCHS = {"vulkan": ("adreno", "valhall", "rdna3", "ampere"), "cuda": ("sm_80", "sm_89")}
+# IREE 3.13 generates CUDA code up to sm_89 ("missing GPU target" for sm_90 and newer); the PTX of an
+# older architecture runs on newer GPUs, compiled by the driver on first load
+CUDA_ARCHS = (75, 80, 86, 89)
+
+
+def cuda_arch_for(capability: int) -> str:
+    """The newest architecture IREE compiles for that a GPU of `capability` (90 for sm_90) runs."""
+    return f"sm_{max((a for a in CUDA_ARCHS if a <= capability), default=CUDA_ARCHS[0])}"
 INSTALL = "pip install 'edgec[gpu]' (IREE's compiler and runtime)"
 
 
@@ -143,6 +151,9 @@ def compile_module(mlir_path: Path, out_path: Path, api: str, arch: str, precisi
         if f"unknown {api} target '{arch.lower()}'" in text.lower():
             raise InputError(f"IREE does not know the {api} architecture '{arch}': give --gpu-arch names "
                              f"IREE takes (e.g. {', '.join(DEFAULT_ARCHS[api])})") from None
+        if "missing GPU target" in text:
+            raise InputError(f"IREE {iree_version()} has no code generation for {api} {arch}: give an older "
+                             f"--gpu-arch (e.g. {DEFAULT_ARCHS[api][-1]}); its code runs on newer GPUs") from None
         raise ExportError(f"IREE cannot compile the graph for {api} {arch} ({_diagnostic(text)})") from None
     write_atomic(out_path, lambda tmp: Path(tmp).write_bytes(binary))
     return Module(out_path, api, arch, precision, round(time.perf_counter() - t0, 1))
