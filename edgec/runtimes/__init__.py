@@ -63,7 +63,8 @@ RUNTIMES = {r.name: r for r in [
     Runtime("ort-cpu", "edgec.runtimes.ort_cpu", "ONNX Runtime, CPU execution provider",
             package="onnxruntime", lm_module="edgec.runtimes.htp_llm:load_lm_cpu"),
     Runtime("qnn-htp", "edgec.runtimes.qnn_htp", "Qualcomm HTP through onnxruntime-qnn, simulated on x86-64, "
-            "CPU fallback disabled", simulator=True, simulator_name="HTP simulator", package="onnxruntime-qnn", lm_module="edgec.runtimes.htp_llm"),
+            "CPU fallback disabled", simulator=True, simulator_name="HTP simulator", package="onnxruntime-qnn",
+            lm_module="edgec.runtimes.htp_llm"),
     Runtime("executorch", "edgec.runtimes.executorch", "ExecuTorch with XNNPACK (LLMs: its TextLLMRunner)",
             package="executorch", lm_module="edgec.runtimes.executorch_llm"),
     Runtime("ort-genai", "", "ONNX Runtime GenAI (og.Generator), CPU", package="onnxruntime-genai",

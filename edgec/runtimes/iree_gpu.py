@@ -100,7 +100,8 @@ def vendor_of_device(name: str) -> str:
     return "unknown"
 
 
-_ARCH_VENDORS = (("software", r"llvmpipe$"), ("nvidia", r"(sm_\d+|turing|ampere|ada|hopper|blackwell|rtx.*|a100|h100)$"),
+_ARCH_VENDORS = (("software", r"llvmpipe$"),
+                 ("nvidia", r"(sm_\d+|turing|ampere|ada|hopper|blackwell|rtx.*|a100|h100)$"),
                  ("amd", r"(gfx\w+|rdna\d?|cdna\d?|rx\w+|mi\d+\w*)$"), ("arm", r"(valhall\d?|mali\w*)$"),
                  ("qualcomm", r"adreno\w*$"))
 _CODE_NAMES = {"turing": 75, "ampere": 80, "ada": 89, "hopper": 90, "blackwell": 100}

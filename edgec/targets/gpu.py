@@ -88,45 +88,36 @@ def compile_for_gpus(job: Build, graph: Artifact, out_dir: Path, extra: dict) ->
     from edgec.runtimes import iree_gpu
     from edgec.toolchain.manifest import onnx_io, sha256
 
-    recipe = job.recipe
-    api, precision = recipe.gpu_api, recipe.precision
-    archs = list(dict.fromkeys(recipe.gpu_arch or DEFAULT_ARCHS[api]))
+    api, precision = job.recipe.gpu_api, job.recipe.precision
+    archs = list(dict.fromkeys(job.recipe.gpu_arch or DEFAULT_ARCHS[api]))
     wanted = [("vulkan", SOFTWARE_VULKAN)] + [(api, a) for a in archs if (api, a) != ("vulkan", SOFTWARE_VULKAN)]
     export_id = sha256(graph.path)[:16]
     io = onnx_io(graph.path)
     mlir = job.scratch / "gpu-model.mlirbc"
-    modules, verified, unverified, device_names = [], [], [], {}
+    verified, unverified, rows = [], [], []
     for module_api, arch in wanted:
         with job.progress.step(f"compile for {module_api} {arch} (IREE)"):
             import_onnx(graph.path, mlir, {"edgec.api": module_api, "edgec.arch": arch, "edgec.export": export_id})
             mod = compile_module(mlir, out_dir / module_name(module_api, arch), module_api, arch, precision)
-        modules.append(mod)
-        runtime = f"iree-{module_api}"
         found = iree_gpu.devices(module_api)
         device = next((d for d in found if iree_gpu.runs_on(module_api, arch, d)), None)
         if arch == SOFTWARE_VULKAN and not iree_gpu.vulkan_is_software():
             device = None  # beside a real GPU, a software device's times would read as GPU speed
         manifest = {**extra, **io, "gpu": {**mod.to_dict(), "export": export_id}}
         if device is not None:
-            device_names[mod.path] = device.name
-            verified.append(Artifact(mod.path, "vmfb", runtime, manifest=manifest))
+            status = f"verified on iree-{module_api} ({device.name})"
+            verified.append(Artifact(mod.path, "vmfb", f"iree-{module_api}", manifest=manifest))
         else:
-            why = (f"compiled, not run: no {module_api} {arch} GPU here"
-                   if found or module_api == "cuda" else
-                   f"compiled, not run: no {module_api} device here (install mesa-vulkan-drivers for "
-                   f"the software one)")
-            unverified.append(Artifact(mod.path, "vmfb", runtime, not_run=why, manifest=manifest))
+            status = (f"compiled, not run: no {module_api} {arch} GPU here" if found or module_api == "cuda" else
+                      f"compiled, not run: no {module_api} device here (install mesa-vulkan-drivers for the "
+                      "software one)")
+            unverified.append(Artifact(mod.path, "vmfb", f"iree-{module_api}", not_run=status, manifest=manifest))
+        rows.append({"path": mod.path.name, **mod.to_dict(), "bytes": mod.path.stat().st_size, "status": status})
     graph = Artifact(graph.path, graph.format, "ort-cpu", manifest={**extra, **graph.manifest})
-    report = {"gpu": {"api": api, "precision": precision, "export": export_id,
-                      "precision_note": ("fp16 weights and activations inside the graph; inputs and outputs "
-                                         "keep their dtypes (float32 floats, int32 ids)") if precision == "fp16"
-                      else "fp32 throughout; integer ids are int32",
-                      "int8": INT8_NOTE,
-                      "devices": {a: [d.name for d in iree_gpu.devices(a)] for a in dict.fromkeys(m for m, _ in wanted)},
-                      "modules": [{"path": m.path.name, **m.to_dict(), "bytes": m.path.stat().st_size,
-                                   "status": next((f"verified on {a.runtime} ({device_names[a.path]})" for a in verified if a.path == m.path),
-                                                  next((a.not_run for a in unverified if a.path == m.path), ""))}
-                                  for m in modules]},
+    note = ("fp16 weights and activations inside the graph; inputs and outputs keep their dtypes (float32 "
+            "floats, int32 ids)") if precision == "fp16" else "fp32 throughout; integer ids are int32"
+    devices = {a: [d.name for d in iree_gpu.devices(a)] for a in dict.fromkeys(m for m, _ in wanted)}
+    report = {"gpu": {"api": api, "precision": precision, "export": export_id, "precision_note": note,
+                      "int8": INT8_NOTE, "devices": devices, "modules": rows},
               "calibration": {"source": "none needed: float modules"}}
     return Built([*verified, graph, *unverified], report)
-

@@ -255,8 +255,9 @@ def bench_cmd(bundle, runtime, runs, as_json) -> None:
 @click.option("--prompt-file", type=click.Path(path_type=Path), help="Read the prompt from a UTF-8 file.")
 @click.option("--max-new-tokens", "-n", type=click.IntRange(min=1), default=64, show_default=True)
 @click.option("--runtime", "-r",
-              help="torch (a model: transformers' generate), or a bundle's ort-genai, executorch or qnn-htp "
-                   "[default: torch for a model, the bundle's first artifact's engine].")
+              help="torch (a model: transformers' generate), or a bundle's ort-genai, executorch, qnn-htp, "
+                   "ort-cpu, iree-vulkan or iree-cuda [default: torch for a model, the bundle's first "
+                   "artifact's engine].")
 @click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="0 is greedy.")
 @click.option("--top-p", type=click.FloatRange(min=0, max=1, min_open=True), default=1.0, show_default=True)

@@ -71,7 +71,8 @@ def gpu_section(r: dict) -> list[str]:
                     [[f"`{m['path']}`", m["api"], m["arch"], _kb(m["bytes"]), f"{m['compile_seconds']} s", m["status"]]
                      for m in g["modules"]])
     lines += ["A module runs only on the GPU family it was compiled for: one for a real GPU would run on the "
-              "software device and return garbage, so the runtime refuses it.", "", f"{g['int8'][0].upper()}{g['int8'][1:]}.", ""]
+              "software device and return garbage, so the runtime refuses it.", "",
+              f"{g['int8'][0].upper()}{g['int8'][1:]}.", ""]
     return lines
 
 
