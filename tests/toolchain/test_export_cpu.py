@@ -69,26 +69,6 @@ def test_minilm_artifacts_run_on_plain_runtimes(exported):
     assert np.all(a[0, 5:] == 0)  # padded rows are exactly zero in the padding-free graph
 
 
-def test_vit_token_budget_on_cpu_runtimes(run_cli, tmp_path):
-    """Without -q: progress goes to stderr, the report's path alone to stdout."""
-    from helpers import check_bundle
-
-    recipe = tmp_path / "r.json"
-    recipe.write_text(json.dumps({"eval_samples": 40, "bench_runs": 1, "compare_quantized_only": False}))
-    out = tmp_path / "vit"
-    code, stdout, err = run_cli("export", "vit-digits", "--target", "cpu", "-o", out, "--token-budget", "0.5",
-                                "--recipe", recipe)
-    assert code == 0, err
-    assert stdout.strip() == str(out / "report.md")
-    assert "export int8 ExecuTorch program" in err and "golden outputs" in err and "Traceback" not in err
-    report = json.loads((out / "report.json").read_text())
-    assert report["token_budget"]["kept"] == 128
-    assert report["accuracy"]["per_runtime"]["model.onnx@ort-cpu"]["samples"] == 40  # eval_samples applies
-    for value in report["accuracy"]["per_runtime"].values():
-        assert value["value"] >= 0.9
-    check_bundle(run_cli, out)
-
-
 @pytest.mark.parametrize("name", ["vit-digits", "minilm"])
 def test_edgec_run_reproduces_golden_outputs(exported, run_cli, name):
     from helpers import check_bundle, replay_golden_with_plain_engines

@@ -163,28 +163,6 @@ def test_smoothing_recipe_is_applied_and_reported(run_cli, tmp_path):
     assert report["accuracy"]["float"] - report["accuracy"]["quantized"] <= 0.05
 
 
-def test_pruning_and_token_budget_compose_with_npu_quantization(run_cli, tmp_path):
-    out = tmp_path / "vit"
-    recipe = tmp_path / "r.json"
-    recipe.write_text(json.dumps({**FAST, "prune_calib_samples": 32}))  # what composes, not how well
-    code, _, err = run_cli("export", "vit-digits", "--target", "npu", "-o", out, "--prune", "0.2",
-                           "--token-budget", "0.5", "--token-layer", "0", "--recipe", recipe, "-q")
-    assert code == 0, err
-    report = json.loads((out / "report.json").read_text())
-    assert abs(report["pruning"]["removed_fraction"] - 0.2) < 0.05
-    assert report["pruning"]["params_after"] < report["pruning"]["params_before"]
-    budget = report["token_budget"]
-    assert budget["layer"] == 0 and budget["kept"] == 128 and budget["tokens_after"] < 257
-    assert report["npu"]["runs_fully"] and report["npu"]["coverage"] == 1.0 and report["npu"]["integer_only"]
-    versus = report["compared_to_quantized_only"]["model.onnx@ort-cpu"]  # both on the same real runtime
-    assert versus["bytes"] < versus["bytes_quantized_only"]
-    assert set(versus) >= {"accuracy", "accuracy_quantized_only", "latency_vs_quantized_only", "latency_vs_float"}
-    assert "quantized-only model.onnx@ort-cpu" in report["latency_ms"]
-    md = (out / "report.md").read_text()
-    assert "parameters removed" in md and "Token budget: 128 of 256 tokens kept after block 0" in md
-    assert all(l["params_after"] <= l["params_before"] for l in report["pruning"]["layers"])
-
-
 @pytest.mark.parametrize("args, named", [(("--token-budget", "lots"), "token-budget"),
                                          (("--token-layer", "0"), "needs --token-budget"),
                                          (("--token-budget", "0.5", "--token-layer", "-1"), "layer")])
