@@ -155,3 +155,14 @@ def tmpfs(mnt: Path, size: str):
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 
+
+
+def vulkan_skip_reason() -> str | None:
+    """Why the GPU tests cannot run here (no IREE, no Vulkan device), or None."""
+    try:
+        from edgec.runtimes import iree_gpu
+
+        found = iree_gpu.devices("vulkan")
+    except Exception as e:  # IREE missing: the runtime says how to install it
+        return str(e)
+    return None if found else "no Vulkan device: apt-get install mesa-vulkan-drivers (lavapipe)"
