@@ -107,8 +107,29 @@ def gpu_ready(onnx_path: Path) -> None:
         write_atomic(onnx_path, lambda tmp: onnx.save(model, tmp))
 
 
-def import_onnx(onnx_path: Path, mlir_path: Path, tags: dict[str, str]) -> None:
-    """ONNX -> MLIR bytecode (torch-mlir's ONNX importer), the entry function tagged with `tags`.
+@dataclass
+class Imported:
+    """One graph imported to MLIR, written once per module with that module's tags."""
+
+    context: object  # iree.compiler.ir.Context
+    module: object  # its builtin.module operation
+    io: dict
+
+    def write(self, mlir_path: Path, tags: dict[str, str]) -> None:
+        """MLIR bytecode at `mlir_path`, the entry function's `iree.reflection` set to `tags` and the I/O."""
+        from iree.compiler import ir
+
+        with self.context:
+            attrs = {k: ir.StringAttr.get(v) for k, v in {**tags, "edgec.io": json.dumps(self.io)}.items()}
+            for op in self.module.regions[0].blocks[0].operations:
+                if op.operation.name == "func.func":
+                    op.attributes["iree.reflection"] = ir.DictAttr.get(attrs)
+        with open(mlir_path, "wb") as f:
+            self.module.write_bytecode(f)
+
+
+def import_onnx(onnx_path: Path) -> Imported:
+    """ONNX -> MLIR (torch-mlir's ONNX importer), once for every architecture.
 
     Shapes are inferred first: without them the importer leaves Gemm and friends unlegalized.
     """
@@ -128,13 +149,7 @@ def import_onnx(onnx_path: Path, mlir_path: Path, tags: dict[str, str]) -> None:
     except Exception as e:  # the importer's own error types and MLIR diagnostics
         raise ExportError(f"IREE cannot import {onnx_path.name} ({_first_line(e)}): the GPU route takes "
                           "standard ONNX ops only") from e
-    with context:
-        attrs = {k: ir.StringAttr.get(v) for k, v in {**tags, "edgec.io": json.dumps(io)}.items()}
-        for op in module.regions[0].blocks[0].operations:
-            if op.operation.name == "func.func":
-                op.attributes["iree.reflection"] = ir.DictAttr.get(attrs)
-    with open(mlir_path, "wb") as f:
-        module.write_bytecode(f)
+    return Imported(context, module, io)
 
 
 def compile_module(mlir_path: Path, out_path: Path, api: str, arch: str, precision: str) -> Module:

@@ -72,22 +72,13 @@ def devices(api: str) -> tuple[Device, ...]:
                         caps[i] if i < len(caps) else None) for i, info in enumerate(infos))
 
 
-def software_device(api: str = "vulkan") -> bool:
-    """True when `api`'s first device is a software one: its times are no GPU speed."""
-    found = devices(api) if _has_runtime() else ()
-    return not found or found[0].software
-
-
 def vulkan_is_software() -> bool:
-    return software_device("vulkan")
-
-
-def _has_runtime() -> bool:
+    """True when the first Vulkan device is a software one (or there is none): its times are no GPU speed."""
     try:
-        import iree.runtime  # noqa: F401
+        found = devices("vulkan")
+    except InputError:  # no IREE runtime
         return True
-    except ImportError:
-        return False
+    return not found or found[0].software
 
 
 def vendor_of_device(name: str) -> str:
@@ -139,13 +130,6 @@ def _cuda_capabilities() -> list[int]:
         return out
     except OSError:
         return []
-
-
-def read_tags(path: Path) -> dict:
-    """The edgec tags of a module's entry function (api, arch, export id, I/O)."""
-    rt = _runtime()
-    module = _open(rt, path)
-    return _tags(module, path)
 
 
 def _open(rt, path: Path):

@@ -94,10 +94,12 @@ def compile_for_gpus(job: Build, graph: Artifact, out_dir: Path, extra: dict) ->
     export_id = sha256(graph.path)[:16]
     io = onnx_io(graph.path)
     mlir = job.scratch / "gpu-model.mlirbc"
+    with job.progress.step("import the graph into IREE"):
+        imported = import_onnx(graph.path)
     verified, unverified, rows = [], [], []
     for module_api, arch in wanted:
         with job.progress.step(f"compile for {module_api} {arch} (IREE)"):
-            import_onnx(graph.path, mlir, {"edgec.api": module_api, "edgec.arch": arch, "edgec.export": export_id})
+            imported.write(mlir, {"edgec.api": module_api, "edgec.arch": arch, "edgec.export": export_id})
             mod = compile_module(mlir, out_dir / module_name(module_api, arch), module_api, arch, precision)
         found = iree_gpu.devices(module_api)
         device = next((d for d in found if iree_gpu.runs_on(module_api, arch, d)), None)

@@ -7,7 +7,6 @@ to the CPU, and the text says so.
 
 from __future__ import annotations
 
-import resource
 from dataclasses import dataclass
 
 from edgec import runtimes
@@ -15,6 +14,7 @@ from edgec.errors import InputError
 from edgec.runtimes.timing import bench
 from edgec.toolchain.bundle import Bundle
 from edgec.toolchain.golden import golden_samples, read_golden
+from edgec.toolchain.lm_speed import peak_rss_mb
 
 REFERENCE = "ort-cpu"
 
@@ -63,12 +63,7 @@ def bench_bundle(b: Bundle, runtime: str | None, runs: int) -> list[Row]:
 
 
 def _device_mb(session) -> float | None:
-    stats = getattr(session, "device_memory", None)
-    return stats() if callable(stats) else None
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return session.device_memory() if hasattr(session, "device_memory") else None
 
 
 def render(rows: list[Row]) -> list[str]:

@@ -76,8 +76,8 @@ def test_module_from_another_export_is_refused(vit_bundle, tmp_path, run_cli):
     model = onnx.load(bundle / "model.onnx")
     model.graph.initializer[0].raw_data = bytes(len(model.graph.initializer[0].raw_data))  # another export
     onnx.save(model, other)
-    iree.import_onnx(other, tmp_path / "m.mlirbc", {"edgec.api": "vulkan", "edgec.arch": "llvmpipe",
-                                                     "edgec.export": sha256(other)[:16]})
+    iree.import_onnx(other).write(tmp_path / "m.mlirbc", {"edgec.api": "vulkan", "edgec.arch": "llvmpipe",
+                                                           "edgec.export": sha256(other)[:16]})
     target = bundle / "model.vulkan-llvmpipe.vmfb"
     iree.compile_module(tmp_path / "m.mlirbc", target, "vulkan", "llvmpipe", "fp32")
     manifest = json.loads((bundle / "manifest.json").read_text())
