@@ -115,6 +115,12 @@ class Imported:
     module: object  # its builtin.module operation
     io: dict
 
+    @property
+    def entry(self) -> str:
+        """The function an app calls (the ONNX graph's name)."""
+        return next(str(op.attributes["sym_name"]).strip('"') for op in self.module.regions[0].blocks[0].operations
+                    if op.operation.name == "func.func")
+
     def write(self, mlir_path: Path, tags: dict[str, str]) -> None:
         """MLIR bytecode at `mlir_path`, the entry function's `iree.reflection` set to `tags` and the I/O."""
         from iree.compiler import ir

@@ -105,7 +105,7 @@ def compile_for_gpus(job: Build, graph: Artifact, out_dir: Path, extra: dict) ->
         device = next((d for d in found if iree_gpu.runs_on(module_api, arch, d)), None)
         if arch == SOFTWARE_VULKAN and not iree_gpu.vulkan_is_software():
             device = None  # beside a real GPU, a software device's times would read as GPU speed
-        manifest = {**extra, **io, "gpu": {**mod.to_dict(), "export": export_id}}
+        manifest = {**extra, **io, "gpu": {**mod.to_dict(), "entry": imported.entry, "export": export_id}}
         if device is not None:
             status = f"verified on iree-{module_api} ({device.name})"
             verified.append(Artifact(mod.path, "vmfb", f"iree-{module_api}", manifest=manifest))

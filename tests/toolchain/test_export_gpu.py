@@ -4,6 +4,7 @@ import json
 import shutil
 import sys
 
+import numpy as np
 import pytest
 
 from helpers import vulkan_skip_reason
@@ -40,6 +41,34 @@ def test_gpu_bundle_golden_outputs_reproduce(vit_bundle, run_cli):
     from helpers import check_bundle
 
     check_bundle(run_cli, vit_bundle)
+
+
+def test_software_module_runs_on_plain_iree(vit_bundle):
+    """What an app does, with no edgec code: IREE's runtime on the Vulkan device, the manifest's entry
+    function and input dtypes, the golden inputs in, the golden outputs back (through a staging buffer)."""
+    import iree.runtime as rt
+
+    manifest = json.loads((vit_bundle / "manifest.json").read_text())
+    art = next(a for a in manifest["artifacts"] if a["path"] == "model.vulkan-llvmpipe.vmfb")
+    golden = np.load(vit_bundle / art["golden"]["path"])
+    config = rt.Config("vulkan")
+    context = rt.SystemContext(vm_modules=[rt.VmModule.mmap(config.vm_instance, str(vit_bundle / art["path"]))],
+                               config=config)
+    fn = context.modules.module[art["gpu"]["entry"]]
+    device = config.device
+    inputs = [golden[f"input/{t['name']}"][:1].astype(t["dtype"]) for t in art["inputs"]]
+    view = fn(*inputs)._buffer_view
+    staging = device.allocator.allocate_buffer(
+        memory_type=int(rt.MemoryType.HOST_LOCAL | rt.MemoryType.DEVICE_VISIBLE),
+        allowed_usage=int(rt.BufferUsage.TRANSFER_TARGET | rt.BufferUsage.MAPPING_SCOPED),
+        allocation_size=view.get_buffer().byte_length())
+    sem = device.create_semaphore(0)
+    device.queue_copy(view.get_buffer(), staging, wait_semaphores=rt.HalFence.create_at(sem, 0),
+                      signal_semaphores=rt.HalFence.create_at(sem, 1))
+    rt.HalFence.create_at(sem, 1).wait()
+    got = np.array(staging.map().asarray(view.shape, np.dtype(art["outputs"][0]["dtype"])))
+    expected = golden[f"output/iree-vulkan/{art['outputs'][0]['name']}"][:1]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
 def test_bench_sets_no_software_device_time_beside_the_cpu(vit_bundle, run_cli):
