@@ -3,6 +3,7 @@
 An app, or a native runner, checks itself against them with no Python: one
 `.npz` per artifact, keys `input/<name>` and `output/<runtime>/<name>`, stacked
 over the samples (row i of every array is sample i), plus `text` for text models.
+The members are stored, not deflated, so a native app reads them with no zlib.
 """
 
 from __future__ import annotations
@@ -30,8 +31,12 @@ def write_golden(work: Path, art: Artifact, feeds: Feeds, session: Callable, out
         arrays[name] = value
     (work / FOLDER).mkdir(exist_ok=True)
     path = work / FOLDER / f"{art.path.name}.npz"
-    np.savez_compressed(path, **arrays)
+    save_golden(path, arrays)
     return {"path": f"{FOLDER}/{path.name}", "samples": len(feeds.golden), "runtimes": list(art.runtimes)}
+
+
+def save_golden(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    np.savez(path, **arrays)
 
 
 def read_golden(path: Path) -> dict[str, np.ndarray]:

@@ -139,7 +139,7 @@ class LMExport:
 
     def golden(self, work: Path) -> dict[str, dict]:
         """Greedy tokens after each golden prompt, per artifact and runtime: a native runner's check."""
-        from edgec.toolchain.golden import FOLDER
+        from edgec.toolchain.golden import FOLDER, save_golden
 
         (work / FOLDER).mkdir(exist_ok=True)
         prompts = [[int(t) for t in f["input_ids"][0]] for f in self.feeds.golden]
@@ -152,7 +152,7 @@ class LMExport:
                     g = self.session(art, rt).generate(p, GOLDEN_TOKENS, Sampling())
                     arrays[f"tokens/{rt}/{i}"] = np.asarray(g.tokens, np.int64)
             path = work / FOLDER / f"{art.path.name}.npz"
-            np.savez_compressed(path, **arrays)
+            save_golden(path, arrays)
             entries[art.path.name] = {"path": f"{FOLDER}/{path.name}", "samples": len(prompts),
                                       "runtimes": list(art.runtimes)}
         return entries
