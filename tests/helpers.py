@@ -64,6 +64,9 @@ def replay_golden_with_plain_engines(out) -> int:
     manifest = json.loads((out / "manifest.json").read_text())
     checked = 0
     for art in manifest["artifacts"]:
+        runtime = "ort-cpu" if art["path"].endswith(".onnx") else "executorch"
+        if runtime not in art["verified_on"]:  # a QNN context runs on the HTP only
+            continue
         golden = np.load(out / art["golden"]["path"])
         names = [t["name"] for t in art["inputs"]]
         n = art["golden"]["samples"]
@@ -73,7 +76,6 @@ def replay_golden_with_plain_engines(out) -> int:
         else:
             method = Runtime.get().load_program(out / art["path"]).load_method("forward")
             run = lambda feed: [t.numpy() for t in method.execute([torch.from_numpy(feed[k]) for k in names])]
-        runtime = "ort-cpu" if art["path"].endswith(".onnx") else "executorch"
         for i in range(n):
             feed = {k: np.ascontiguousarray(golden[f"input/{k}"][i:i + 1]) for k in names}
             for t, got in zip(art["outputs"], run(feed)):

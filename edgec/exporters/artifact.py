@@ -7,12 +7,13 @@ from pathlib import Path
 @dataclass(frozen=True)
 class Artifact:
     path: Path
-    format: str  # "onnx", "onnx-qdq", "pte", "vmfb"
+    format: str  # "onnx", "onnx-qdq", "onnx-qnn-context", "pte", "vmfb"
     runtime: str  # the runtime it is built for: "ort-cpu", "qnn-htp", "executorch", "iree-vulkan"
     also_on: tuple[str, ...] = ()  # other runtimes it is verified on (a QDQ graph runs on ORT CPU too)
     not_run: str = ""  # why it is shipped unverified (a module for a GPU this machine lacks)
     # manifest fields the exporter knows and the file does not say (a program's inputs, a cache layout)
     manifest: dict = field(default_factory=dict, compare=False, hash=False)
+    beside: tuple[Path, ...] = ()  # other files it reads from its own folder (a QNN context's binary)
 
     @property
     def runtimes(self) -> tuple[str, ...]:
@@ -21,9 +22,9 @@ class Artifact:
 
     @property
     def external_data(self) -> list[Path]:
-        """An ONNX graph's weights saved beside it (`model.onnx.data`): part of the artifact."""
+        """Files it reads beside itself (an ONNX graph's `model.onnx.data`): part of the artifact."""
         data = self.path.with_name(self.path.name + ".data")
-        return [data] if self.format.startswith("onnx") and data.is_file() else []
+        return [*([data] if self.format.startswith("onnx") and data.is_file() else []), *self.beside]
 
     @property
     def bytes(self) -> int:

@@ -8,13 +8,26 @@ refuses it, and `coverage` says which nodes are to blame.
 Both sessions skip ORT's graph optimisations: with fallback disabled the QNN EP
 compiles every node itself, and the graph stays the one the model file holds, so
 node names and counts in `coverage` are the model's own.
+
+Sessions name no SoC (the simulator compiles for HTP v68) unless they build or
+load a QNN context for one. Two traits of the simulator follow. It runs one HTP
+generation per process, that of the session created last; a session for another
+fails with QNN error 1100, so `QnnSession` creates itself again first
+(milliseconds for a context, a compile for a QDQ graph). And once a session has
+named a SoC, later ones that name none take that SoC's op checks (not its
+numerics): a Gelu that v68 cannot build then builds. From then on, sessions of
+a QDQ graph name SM8350 (v68), whose checks and MiniLM outputs match a fresh
+process's; a context keeps the SoC it was compiled for.
 """
 
 import functools
 import re
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import onnxruntime_qnn
@@ -26,8 +39,12 @@ from edgec.runtimes.ort_cpu import (ORT_ERRORS, OrtSession, cannot_load, check_m
                                     is_bad_model)
 
 EP_NAME = onnxruntime_qnn.EP_NAME
-QnnSession = OrtSession  # the same wrapper; only the session options differ
 _LOG_ID = "edgec-htp-coverage"
+_COMPATIBILITY = f"ep_compatibility_info.{EP_NAME}"  # an EPContext model's target, in its metadata
+_DEFAULT = "no SoC named"
+_active = [_DEFAULT]  # which compiled target the simulator runs now: the last session created sets it
+_soc_named = [False]  # whether a session of this process has named a SoC
+_V68 = {"soc_model": "30", "htp_arch": "68"}  # SM8350
 
 # Lines of the QNN EP's verbose session log (LogNodeSupport and the HTP backend's errors).
 _UNIT = re.compile(r"Validation (PASSED|FAILED) for \d+ nodes in OrtNodeUnit \((\S+)\) :(.*)", re.S)
@@ -63,29 +80,118 @@ def _restore_default_logger() -> None:
     ort.set_default_logger_severity(3)  # errors only: edgec reports failures as exceptions
 
 
-def _options(strict: bool) -> ort.SessionOptions:
+def _options(strict: bool, context: bool = False, **provider: str) -> ort.SessionOptions:
+    if _soc_named[0] and not context and "soc_model" not in provider:  # a context brings its own SoC
+        provider = {**_V68, **provider}
     options = ort.SessionOptions()
     # By default the EP leaves Q of graph inputs and DQ of graph outputs to the CPU
     # whenever fallback is allowed; "0" makes the probe place them as a strict session does.
     options.add_provider_for_devices(_devices(), {"backend_path": onnxruntime_qnn.get_qnn_htp_path(),
-                                                  "offload_graph_io_quantization": "0"})
+                                                  "offload_graph_io_quantization": "0", **provider})
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if strict:
         options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
     return options
 
 
+def _created(session: ort.InferenceSession, target: str = _DEFAULT) -> ort.InferenceSession:
+    """Note what the simulator runs now: an EPContext model names its own target."""
+    _active[0] = session.get_modelmeta().custom_metadata_map.get(_COMPATIBILITY, target)
+    _soc_named[0] = _soc_named[0] or _active[0] != _DEFAULT
+    return session
+
+
+class QnnSession(OrtSession):
+    """An ORT session on the HTP that is created again when the simulator moved to another target."""
+
+    def __init__(self, make: Callable[[], ort.InferenceSession]):
+        self._make = make
+        super().__init__(_created(make()))
+        self._target = _active[0]
+
+    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        if _active[0] != self._target:
+            self._session = None  # the old graph goes before the new one is built
+            self._session = _created(self._make())
+        return super().run(feeds)
+
+
 def load(path: Path) -> QnnSession:
     """A session whose whole graph runs on the HTP, or BackendError."""
     check_model_file(path)
-    try:
+
+    context = _soc_named[0] and _is_context(path)
+
+    def make() -> ort.InferenceSession:
         with silenced(1):
-            return QnnSession(ort.InferenceSession(str(path), _options(strict=True)))
+            return ort.InferenceSession(str(path), _options(strict=True, context=context))
+    try:
+        return QnnSession(make)
     except ORT_ERRORS as e:
         if is_bad_model(e):
             raise cannot_load(path, e) from e
         raise BackendError(f"{path} does not run fully on the HTP ({first_line(e)}); "
                            "qnn_htp.coverage() names the rejected nodes and their rewrites") from e
+
+
+def _is_context(path: Path) -> bool:
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except Exception:  # protobuf decode errors: ORT says what is wrong when it loads the file
+        return False
+    return any(n.op_type == "EPContext" for n in graph.node)
+
+
+@dataclass(frozen=True)
+class Compiled:
+    path: Path  # the EPContext model written
+    seconds: float  # creating the session that compiled it
+    outputs: list[list[np.ndarray]] | None  # the compiled graph's, per feed: what the context must reproduce
+    not_run: str = ""  # why `outputs` is None
+
+
+def compile_context(path: Path, out: Path, soc_model: int, htp_arch: int,
+                    feeds: list[dict[str, np.ndarray]]) -> Compiled:
+    """Compile `path` for one SoC's HTP into an EPContext model `out`, its binary beside it (`<stem>_qnn.bin`),
+    and run the compiled graph on `feeds` where the simulator here runs that HTP.
+
+    Graph I/O quantization stays inside the binary: the context model is one
+    EPContext node, nothing for an app's CPU to do. Where only a prepare-only
+    compile works, the model goes to a `prepared` folder beside `out`.
+    """
+    check_model_file(path)
+    target = f"soc_model {soc_model}"
+
+    def compile_to(out: Path, **provider: str) -> ort.InferenceSession:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _soc_named[0] = True  # even a failed attempt may leave the SoC set
+        options = _options(strict=True, soc_model=str(soc_model), htp_arch=str(htp_arch), **provider)
+        for key, value in {"ep.context_enable": "1", "ep.context_file_path": str(out),
+                           "ep.context_embed_mode": "0"}.items():
+            options.add_session_config_entry(key, value)
+        with silenced(1):
+            return ort.InferenceSession(str(path), options)
+    cannot_run = f"the HTP simulator here cannot run HTP v{htp_arch} ({{}})"
+    t0 = time.perf_counter()
+    try:
+        session = _created(compile_to(out), target)
+    except ORT_ERRORS as e:
+        if is_bad_model(e):
+            raise cannot_load(path, e) from e
+        session, reason = None, cannot_run.format(first_line(e))
+    if session is not None:
+        seconds = time.perf_counter() - t0
+        try:
+            return Compiled(out, seconds, [session.run(None, f) for f in feeds])
+        except ORT_ERRORS as e:
+            return Compiled(out, seconds, None, cannot_run.format(first_line(e)))
+    prepared = out.parent / "prepared" / out.name
+    t0 = time.perf_counter()
+    try:
+        compile_to(prepared, enable_htp_prepare_only="1")
+    except ORT_ERRORS as e:
+        raise BackendError(f"QNN cannot compile {path} for {target} (HTP v{htp_arch}): {first_line(e)}") from e
+    return Compiled(prepared, time.perf_counter() - t0, None, reason)
 
 
 @dataclass(frozen=True)
@@ -204,7 +310,7 @@ def _probe(source: str | bytes) -> tuple[set[str] | None, list[str], str | None]
             messages.append(message) if logid in (_LOG_ID, "Default") else None, 0)
     try:
         with silenced(1):
-            session = ort.InferenceSession(source, options)
+            session = _created(ort.InferenceSession(source, options))
     except ORT_ERRORS as e:
         return None, messages, first_line(e)
     finally:
@@ -225,7 +331,7 @@ def _strict_error(source: str | bytes, path: Path) -> str | None:
     options.log_severity_level = 4  # the failure comes back as the exception's text
     try:
         with silenced(1):
-            ort.InferenceSession(source, options)
+            _created(ort.InferenceSession(source, options))
     except ORT_ERRORS as e:
         if is_bad_model(e):
             raise cannot_load(path, e) from e

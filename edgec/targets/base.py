@@ -40,6 +40,7 @@ class Build:
     recipe: object  # toolchain.recipe.Recipe
     scratch: Path
     progress: Progress
+    comparison: bool = False  # built only to be measured beside the shipped build: ship-only extras are skipped
 
     def float_onnx(self, module: torch.nn.Module, name: str) -> Artifact:
         """The plain float ONNX of `module` in the scratch folder: what quantizers and compilers read."""
@@ -47,6 +48,11 @@ class Build:
 
     def calib_tensors(self, limit: int | None = None) -> list[tuple[torch.Tensor, ...]]:
         return [torch_inputs(f) for f in self.feeds.calib[:limit]]
+
+
+# recipe settings that one target alone applies: key -> (that target, the default)
+TARGET_SETTINGS = {"gpu_api": ("gpu", "vulkan"), "gpu_arch": ("gpu", None), "precision": ("gpu", "fp32"),
+                   "soc": ("npu", None)}
 
 
 class Target:
@@ -57,10 +63,9 @@ class Target:
         """Refuse recipe settings this target would not apply, before any work starts."""
         from edgec.errors import InputError
 
-        gpu = {"gpu_api": "vulkan", "gpu_arch": None, "precision": "fp32"}  # the defaults
-        for key, default in gpu.items():
-            if getattr(recipe, key) != default:
-                raise InputError(f"'{key}' is a setting of the gpu target: remove it or use --target gpu")
+        for key, (owner, default) in TARGET_SETTINGS.items():
+            if owner != self.name and getattr(recipe, key) != default:
+                raise InputError(f"'{key}' is a setting of the {owner} target: remove it or use --target {owner}")
 
     def build(self, job: Build, module: torch.nn.Module, out_dir: Path, float_onnx: Artifact) -> Built:
         """Write the artifacts for `module` into `out_dir`; `float_onnx` is its float graph."""

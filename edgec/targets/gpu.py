@@ -33,6 +33,7 @@ class Gpu(Target):
         from edgec.exporters.iree import require_iree
 
         require_iree()
+        super().check(recipe)
         for key in ("plan", "smooth"):
             if getattr(recipe, key) is not None:
                 raise InputError(f"the recipe sets '{key}', which only the npu target's static quantization "

@@ -1,4 +1,5 @@
-"""`npu`: an integer-only A16W8 QDQ graph that runs whole on Qualcomm's HTP (QNN)."""
+"""`npu`: an integer-only A16W8 QDQ graph that runs whole on Qualcomm's HTP (QNN), and with `--soc` the
+same graph precompiled for each SoC's HTP (QNN context binaries), so a phone skips compiling it."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import onnx
 import torch
 
 from edgec.calibration.plan import PrecisionPlan
+from edgec.errors import ExportError
 from edgec.exporters.artifact import Artifact
 from edgec.targets.base import Build, Built, Target
 
@@ -44,7 +46,30 @@ class Npu(Target):
         # the same QDQ file runs on ORT CPU too: measured beside the HTP, and alone when the HTP refuses it
         art = Artifact(result.artifact.path, result.artifact.format,
                        *((self.backend, ("ort-cpu",)) if cov.runs_fully else ("ort-cpu",)))
-        return Built([art], report)
+        contexts = []
+        if job.recipe.soc and not job.comparison:
+            if not cov.runs_fully:
+                raise ExportError(f"--soc: {art.path.name} does not run whole on the HTP ({cov.error}), so no QNN "
+                                  "context can be compiled: export without --soc and read the report's rejected nodes")
+            contexts, report["npu"]["contexts"] = self._contexts(job, art, out_dir)
+        return Built([art, *contexts], report)
+
+    def _contexts(self, job: Build, qdq: Artifact, out_dir: Path) -> tuple[list[Artifact], list[dict]]:
+        """One precompiled QNN context per SoC asked for; those the simulator ran first."""
+        from edgec.exporters.qnn_context import SOCS, compile_context
+        from edgec.toolchain.manifest import onnx_io
+
+        io = onnx_io(qdq.path)  # the context takes and returns the QDQ graph's tensors, quantized inside
+        arts, rows = [], []
+        for name in job.recipe.soc:
+            soc = SOCS[name]
+            with job.progress.step(f"compile a QNN context binary for {soc.name} ({soc.product}, HTP v{soc.htp_arch})"):
+                ctx = compile_context(qdq.path, soc, out_dir, job.scratch, job.feeds.golden)
+            arts.append(Artifact(ctx.path, "onnx-qnn-context", self.backend, not_run=ctx.not_run,
+                                 manifest={**io, "qnn": ctx.manifest(qdq.path.name)}, beside=(ctx.binary,)))
+            rows.append({"path": ctx.path.name, "binary": ctx.binary.name, "bytes": arts[-1].bytes, **ctx.to_dict(),
+                         "status": ctx.not_run or f"verified on the HTP simulator (v{soc.htp_arch})"})
+        return sorted(arts, key=lambda a: bool(a.not_run)), rows
 
     def _smoothed(self, job: Build, module: torch.nn.Module, out_dir: Path) -> tuple[Artifact, dict]:
         """The float graph the quantizer sees: smoothed, equivalent to `module`."""

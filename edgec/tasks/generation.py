@@ -65,6 +65,8 @@ class TextGeneration(Task):
         if recipe.token_budget is not None:
             raise InputError("--token-budget drops input tokens of encoders; decoders keep every token: "
                              "remove it")
+        if recipe.soc is not None:
+            raise InputError("--soc precompiles encoder graphs; language models are not offered it yet: remove it")
         if recipe.prune is not None and (recipe.prune.refit or recipe.prune.prune_layers):
             raise InputError("refit and prune_layers are encoder-only pruning settings: remove them")
         ctx, positions = context(config, recipe), config.max_position_embeddings

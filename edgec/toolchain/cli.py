@@ -67,10 +67,12 @@ def cli() -> None:
                                  "(adreno, valhall, rdna3, ampere; sm_80) [default: phone and desktop GPUs].")
 @click.option("--precision", type=click.Choice(["fp32", "fp16"]), default=None,
               help="--target gpu: precision inside the modules [default: fp32].")
+@click.option("--soc", help="--target npu: also precompile a QNN context binary for each SoC's HTP, "
+                            "comma-separated (sm8550, sm8650, sm8750, ...) [default: none].")
 @click.option("--recipe", type=click.Path(path_type=Path), help="Recipe file (JSON or YAML).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress output.")
 def export(model, target, out, calib, calib_samples, seq_len, prune_ratio, prune_method, token_budget,
-           token_layer, gpu_api, gpu_arch, precision, recipe, quiet) -> None:
+           token_layer, gpu_api, gpu_arch, precision, soc, recipe, quiet) -> None:
     """Export MODEL (a zoo name or a Hugging Face directory) for --target."""
     _quiet_torch()
     from edgec.toolchain.pipeline import export as run_export
@@ -80,8 +82,9 @@ def export(model, target, out, calib, calib_samples, seq_len, prune_ratio, prune
     try:
         r = load_recipe(recipe)
         archs = None if gpu_arch is None else tuple(a for a in gpu_arch.split(",") if a.strip())
+        socs = None if soc is None else tuple(s for s in soc.split(",") if s.strip())
         r = r.with_overrides(calib_samples=calib_samples, seq_len=seq_len, gpu_api=gpu_api, gpu_arch=archs,
-                             precision=precision, prune=_prune_config(r, prune_ratio, prune_method),
+                             precision=precision, soc=socs, prune=_prune_config(r, prune_ratio, prune_method),
                              token_budget=_budget_config(r, token_budget, token_layer))
     except ValueError as e:
         _fail(f"{e}: fix the option value")

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -79,8 +79,8 @@ class Export:
         if compressed and self.recipe.compare_quantized_only:  # what the compression passes buy
             (self.job.scratch / "quantized-only").mkdir()
             with self.progress.step("build the quantized-only model for comparison"):
-                qonly = self.target.build(self.job, self.model.module, self.job.scratch / "quantized-only",
-                                          baseline)
+                qonly = self.target.build(replace(self.job, comparison=True), self.model.module,
+                                          self.job.scratch / "quantized-only", baseline)
         self._measure(baseline, primary, qonly)
         self.artifacts = primary.artifacts
         self.output_names = self.task.output_names(module)

@@ -51,6 +51,8 @@ class Recipe:
     gpu_api: str = "vulkan"
     gpu_arch: tuple[str, ...] | None = None
     precision: str = "fp32"
+    # the npu target: SoCs (sm8650, ...) to precompile a QNN context binary for, beside the QDQ graph
+    soc: tuple[str, ...] | None = None
 
     def __post_init__(self):
         for name in ("seq_len", "calib_samples", "prune_calib_samples", "eval_samples", "htp_eval_samples",
@@ -69,6 +71,10 @@ class Recipe:
             if not archs or not all(isinstance(a, str) and a.strip() for a in archs):
                 raise ValueError("gpu_arch must name at least one architecture")
             object.__setattr__(self, "gpu_arch", tuple(a.strip() for a in archs))
+        if self.soc is not None:
+            from edgec.exporters.qnn_context import soc_names
+
+            object.__setattr__(self, "soc", soc_names(self.soc))
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -108,6 +108,24 @@ def npu_section(r: dict) -> list[str]:
     if n.get("integer_violations"):
         lines += _table(["node", "op", "why it is not integer-only"],
                         [[v["node"], v["op"], v["reason"]] for v in n["integer_violations"][:MAX_ROWS]])
+    return lines + _contexts(n.get("contexts", []))
+
+
+def _contexts(rows: list[dict]) -> list[str]:
+    """Each precompiled QNN context: its SoC, size, and what creating a session from it saves."""
+    if not rows:
+        return []
+    s = lambda v: "" if v is None else f"{v:.3f} s"
+    lines = ["### QNN context binaries", "",
+             "The QDQ graph compiled ahead of time for one SoC's HTP: an app opens the `.onnx` with the QNN EP "
+             "(the `.bin` beside it) and skips compiling the graph on the phone. Compile: creating a session from "
+             "the QDQ graph for that SoC; load: creating one from the context (one of each, this machine). Diff: "
+             "max abs difference of outputs to the QDQ graph compiled for the same SoC, on the golden inputs.", ""]
+    lines += _table(["context", "SoC", "HTP", "size", "compile", "load", "diff", "status"],
+                    [[f"`{c['path']}` + `{c['binary']}`", f"{c['soc']} ({c['product']})", c["htp_arch"],
+                      _kb(c["bytes"]), s(c["compile_seconds"]), s(c["load_seconds"]),
+                      "" if c["max_abs_diff_to_qdq"] is None else f"{c['max_abs_diff_to_qdq']:.1e}", c["status"]]
+                     for c in rows])
     return lines
 
 

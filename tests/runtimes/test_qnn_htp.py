@@ -89,6 +89,28 @@ def test_qdq_mlp_runs_whole_on_the_htp_and_matches_ort_cpu(qdq_mlp):
     assert worst <= 2 * y_scale + 1e-6
 
 
+def test_sessions_for_two_htp_generations_take_turns(qdq_mlp, tmp_path):
+    """The simulator runs the generation of the session created last; an older session of another one
+    (QNN error 1100 when run as it is) is created again before it runs, and gives the same outputs."""
+    x = {"x": np.random.default_rng(2).standard_normal((4, 8)).astype(np.float32)}
+    default = qnn_htp.load(qdq_mlp)  # v68
+    (first,) = default.run(x)
+    done = qnn_htp.compile_context(qdq_mlp, tmp_path / "ctx.onnx", soc_model=57, htp_arch=75, feeds=[x])
+    v75 = qnn_htp.load(done.path)
+    (ctx,) = v75.run(x)
+    np.testing.assert_array_equal(ctx, done.outputs[0][0])
+    np.testing.assert_array_equal(default.run(x)[0], first)
+    np.testing.assert_array_equal(v75.run(x)[0], ctx)
+
+
+def test_coverage_judges_as_v68_after_a_session_for_a_newer_htp(qdq_mlp, qdq_gelu, tmp_path):
+    """A session for SM8650 leaves its op checks to later sessions that name no SoC (the v75 HTP builds the
+    Gelu v68 cannot); edgec's then name SM8350, so coverage gives a fresh process's verdict."""
+    x = {"x": np.ones((4, 8), np.float32)}
+    qnn_htp.compile_context(qdq_mlp, tmp_path / "ctx.onnx", soc_model=57, htp_arch=75, feeds=[x])
+    assert not qnn_htp.coverage(qdq_gelu).runs_fully
+
+
 def test_coverage_of_the_qdq_mlp_is_complete(qdq_mlp):
     cov = qnn_htp.coverage(qdq_mlp)
     graph_nodes = [n for n in onnx.load(qdq_mlp).graph.node if n.op_type != "Constant"]
@@ -132,13 +154,18 @@ def test_load_refuses_a_graph_that_does_not_run_whole(qdq_erf):
         qnn_htp.load(qdq_erf)
 
 
-def test_a_graph_that_validates_but_fails_finalisation_is_not_complete(tmp_path):
-    """Every node of the QDQ Gelu passes validation; the HTP cannot build QNN_Gelu."""
+@pytest.fixture(scope="module")
+def qdq_gelu(tmp_path_factory):
     w = numpy_helper.from_array(np.random.default_rng(RNG_SEED).standard_normal((8, 4)).astype(np.float32), "w")
     nodes = [helper.make_node("MatMul", ["x", "w"], ["m"], name="fc"),
              helper.make_node("Gelu", ["m"], ["y"], name="gelu_1")]
-    path = _save(tmp_path / "gelu.onnx", nodes, [_x()], [_y()], [w], opset=20)
-    cov = qnn_htp.coverage(_quantize(path, QuantType.QUInt16, {"ForceQuantizeNoInputCheck": True}))
+    path = _save(tmp_path_factory.mktemp("gelu") / "gelu.onnx", nodes, [_x()], [_y()], [w], opset=20)
+    return _quantize(path, QuantType.QUInt16, {"ForceQuantizeNoInputCheck": True})
+
+
+def test_a_graph_that_validates_but_fails_finalisation_is_not_complete(qdq_gelu):
+    """Every node of the QDQ Gelu passes validation; the HTP cannot build QNN_Gelu."""
+    cov = qnn_htp.coverage(qdq_gelu)
     assert not cov.runs_fully and "finalize" in cov.error
     assert cov.fraction < 1
     (gelu,) = cov.unsupported

@@ -11,7 +11,8 @@ FAST = {"eval_samples": 100, "bench_runs": 3, "calib_samples": 8, "htp_eval_samp
 def test_pruning_and_token_budget_compose_with_npu_quantization(run_cli, tmp_path):
     out = tmp_path / "vit"
     recipe = tmp_path / "r.json"
-    recipe.write_text(json.dumps({**FAST, "prune_calib_samples": 32}))  # what composes, not how well
+    # what composes, not how well; the shipped graph gets a QNN context, the quantized-only one is not shipped
+    recipe.write_text(json.dumps({**FAST, "prune_calib_samples": 32, "soc": ["sm8750"]}))
     code, _, err = run_cli("export", "vit-digits", "--target", "npu", "-o", out, "--prune", "0.2",
                            "--token-budget", "0.5", "--token-layer", "0", "--recipe", recipe, "-q")
     assert code == 0, err
@@ -25,6 +26,10 @@ def test_pruning_and_token_budget_compose_with_npu_quantization(run_cli, tmp_pat
     assert versus["bytes"] < versus["bytes_quantized_only"]
     assert set(versus) >= {"accuracy", "accuracy_quantized_only", "latency_vs_quantized_only", "latency_vs_float"}
     assert "quantized-only model.onnx@ort-cpu" in report["latency_ms"]
+    (ctx,) = report["npu"]["contexts"]
+    assert ctx["path"] == "model.qnn-sm8750.onnx" and ctx["max_abs_diff_to_qdq"] <= 1e-3
+    assert list(report["compared_to_quantized_only"]) == ["model.onnx@ort-cpu"]
+    assert report["accuracy"]["per_runtime"]["model.qnn-sm8750.onnx@qnn-htp"]["samples"] == FAST["htp_eval_samples"]
     md = (out / "report.md").read_text()
     assert "parameters removed" in md and "Token budget: 128 of 256 tokens kept after block 0" in md
     assert all(l["params_after"] <= l["params_before"] for l in report["pruning"]["layers"])

@@ -8,11 +8,15 @@ import pytest
 from edgec.exporters.integer_check import check_integer_only
 
 FAST = {"eval_samples": 100, "bench_runs": 3, "calib_samples": 8, "htp_eval_samples": 2}
+SOC = "sm8650"
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, export_zoo):
-    return export_zoo(tmp_path_factory.mktemp("npu"), "npu", ("vit-digits", "minilm"), FAST)
+    # vit-digits also ships a QNN context (a fraction of a second per run on the simulator); MiniLM's
+    # context is measured by bench/qnn_context.py
+    return {**export_zoo(tmp_path_factory.mktemp("npu"), "npu", ("vit-digits",), {**FAST, "soc": [SOC]}),
+            **export_zoo(tmp_path_factory.mktemp("npu"), "npu", ("minilm",), FAST)}
 
 
 @pytest.mark.parametrize("name", ["vit-digits", "minilm"])
@@ -109,6 +113,66 @@ def test_edgec_run_reproduces_golden_outputs_on_the_htp_and_cpu(exported, run_cl
     manifest = check_bundle(run_cli, exported[name])
     assert manifest["artifacts"][0]["verified_on"] == ["qnn-htp", "ort-cpu"]
     assert replay_golden_with_plain_engines(exported[name]) == 3  # the QDQ file on plain ONNX Runtime
+
+
+def test_qnn_context_is_listed_and_reproduces_the_qdq_graph_as_an_app_loads_it(exported):
+    """An app's view: the manifest names the context, its SoC and binary; ONNX Runtime with the QNN EP
+    registered (no edgec code) loads it and gives the QDQ graph's outputs for that SoC within 1e-3."""
+    import numpy as np
+    import onnxruntime as ort
+    import onnxruntime_qnn
+
+    out = exported["vit-digits"]
+    arts = {a["path"]: a for a in json.loads((out / "manifest.json").read_text())["artifacts"]}
+    qdq, ctx = arts["model.onnx"], arts[f"model.qnn-{SOC}.onnx"]
+    assert ctx["format"] == "onnx-qnn-context" and ctx["verified_on"] == ["qnn-htp"]
+    assert ctx["qnn"]["soc"] == SOC.upper() and ctx["qnn"]["htp_arch"] == "v75" and ctx["qnn"]["qnn_sdk"]
+    assert ctx["qnn"]["compiled_from"] == "model.onnx"
+    assert ctx["inputs"] == qdq["inputs"] and ctx["outputs"] == qdq["outputs"]
+    (binary,) = ctx["external_data"]
+    assert binary["path"] == f"model.qnn-{SOC}.bin" and (out / binary["path"]).stat().st_size == binary["bytes"]
+    assert ctx["bytes"] == (out / ctx["path"]).stat().st_size + binary["bytes"]
+
+    try:
+        ort.register_execution_provider_library(onnxruntime_qnn.EP_NAME, onnxruntime_qnn.get_library_path())
+    except Exception as e:  # this process registered it when it exported
+        assert "already registered" in str(e)
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == onnxruntime_qnn.EP_NAME]
+
+    def session(path, **provider):
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+        options.add_provider_for_devices(devices, {"backend_path": onnxruntime_qnn.get_qnn_htp_path(), **provider})
+        return ort.InferenceSession(str(path), options)
+
+    golden = np.load(out / ctx["golden"]["path"])
+    feeds = [{t["name"]: golden[f"input/{t['name']}"][i:i + 1] for t in ctx["inputs"]}
+             for i in range(ctx["golden"]["samples"])]
+    compiled = session(out / "model.onnx", soc_model=str(ctx["qnn"]["soc_model"]))  # compiles for that SoC
+    want = [compiled.run(None, f) for f in feeds]
+    app = session(out / ctx["path"])  # created last: the simulator runs one HTP generation at a time
+    for i, (feed, expected) in enumerate(zip(feeds, want)):
+        (got,) = app.run(None, feed)
+        np.testing.assert_allclose(got, expected[0], atol=1e-3, rtol=0)
+        np.testing.assert_array_equal(got, golden[f"output/qnn-htp/{ctx['outputs'][0]['name']}"][i:i + 1])
+
+    row = json.loads((out / "report.json").read_text())["npu"]["contexts"][0]
+    assert row["soc"] == "SM8650" and row["bytes"] == ctx["bytes"] and row["max_abs_diff_to_qdq"] <= 1e-3
+    assert 0 < row["load_seconds"] < row["compile_seconds"]
+    assert f"`model.qnn-{SOC}.onnx` + `model.qnn-{SOC}.bin` | SM8650 (Snapdragon 8 Gen 3) | v75" in (
+        out / "report.md").read_text()
+
+
+@pytest.mark.parametrize("model, args, words", [
+    ("vit-digits", ("--soc", "sm9999"), ("unknown SoC 'sm9999'", "sm8650", "sm8750")),
+    ("vit-digits", ("--soc", "sm8650", "--target", "cpu"), ("'soc' is a setting of the npu target",)),
+    ("tinylm", ("--soc", "sm8650"), ("--soc", "language models")),
+])
+def test_bad_soc_is_one_line_before_any_work(run_cli, tmp_path, model, args, words):
+    from helpers import assert_clean_failure
+
+    code, _, err = run_cli("export", model, "-o", tmp_path / "out", *args, "-q")
+    assert_clean_failure(code, err, tmp_path / "out", *words)
 
 
 def test_edgec_run_refuses_broken_bundles(exported, run_cli, tmp_path):

@@ -44,6 +44,12 @@ def test_recipe_round_trips_through_its_dict(tmp_path):
     assert load_recipe(tmp_path / "r.json") == r == Recipe.from_dict(r.to_dict())
 
 
+def test_soc_loads_lower_case_and_round_trips(tmp_path):
+    (tmp_path / "r.yaml").write_text("soc: SM8650")
+    r = load_recipe(tmp_path / "r.yaml")
+    assert r.soc == ("sm8650",) and Recipe.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+
+
 def test_unknown_key_names_the_key(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps({"seq_len": 64, "seqlen": 32}))
     with pytest.raises(InputError, match=r"unknown recipe keys \['seqlen'\]"):
@@ -56,6 +62,7 @@ def test_unknown_key_names_the_key(tmp_path):
     ("plan: {activations: int4}", "activations must be one of"),
     ("plan: {bits: 4}", "bits"),
     ("- 1\n- 2", "top level must be a mapping"),
+    ("soc: [sm8650, sm9999]", "unknown SoC 'sm9999': choose from sm8350"),
 ])
 def test_invalid_values_are_input_errors(tmp_path, text, match):
     path = tmp_path / "r.yaml"
