@@ -10,13 +10,13 @@ IS_311 := -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
 PYTHON ?= $(firstword $(foreach p,python3.11 python3,$(shell $(p) $(IS_311) >/dev/null 2>&1 && echo $(p))))
 NEED_311 := edgec needs Python 3.11: install python3.11 (apt-get install python3.11 python3.11-venv)
 
-.PHONY: install demo test bench clean vulkan
+.PHONY: install demo test bench clean vulkan desktop
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { test -n "$(PYTHON)" && $(PYTHON) $(IS_311) 2>/dev/null; } || { echo "$(NEED_311)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,gpu]'
+	$(PY) -m pip install -q -e '.[test,gpu,desktop]'
 	touch $(STAMP)
 
 # the software Vulkan device (Mesa's lavapipe) the gpu target is verified on; installed where this
@@ -28,6 +28,15 @@ vulkan:
 	  echo "no software Vulkan device: the GPU tests will skip (apt-get install mesa-vulkan-drivers)"; }
 
 install: $(STAMP)
+
+# the C++ runner (integrations/desktop): a bundle's .pte under ExecuTorch's C++ runtime, no Python
+DESKTOP_BUILD ?= build/desktop
+desktop: install
+	@command -v $(CXX) >/dev/null || { echo "make desktop needs a C++17 compiler: apt-get install g++" >&2; exit 1; }
+	$(VENV)/bin/cmake -S integrations/desktop -B $(DESKTOP_BUILD) -DCMAKE_BUILD_TYPE=Release \
+	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import executorch; print(list(executorch.__path__)[0])')" >/dev/null
+	$(VENV)/bin/cmake --build $(DESKTOP_BUILD) -j 2
+	@echo "runner: $(DESKTOP_BUILD)/edgec-run"
 
 demo: install
 	$(VENV)/bin/edgec export minilm --target npu -o out/minilm-npu

@@ -30,6 +30,8 @@ SCRIPTS = {
     "llm_export": ["--targets", "npu", "--htp-windows", "2"],
     "llm_decode_speed": ["--layers", "2", "--hidden", "256", "--new-tokens", "16"],
     "gpu": ["--models", "vit-digits", "--precisions", "fp32", "--runs", "3", "--new-tokens", "8"],
+    "qnn_context": ["--rounds", "2", "--sentences", "2"],
+    "desktop": ["--sentences", "8", "--runs", "2", "--rounds", "1"],
     "kv_offload": ["--contexts", "2048,4096", "--layers", "2", "--hidden", "256", "--kv-heads", "2",
                    "--head-dim", "64", "--chunk", "16", "--steps", "3", "--quality-windows", "1"],
 }

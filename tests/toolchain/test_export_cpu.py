@@ -105,3 +105,99 @@ def test_cpu_target_refuses_npu_only_recipe_settings(run_cli, tmp_path):
     code, _, err = run_cli("export", "vit-digits", "--target", "cpu", "-o", tmp_path / "o", "--recipe", recipe, "-q")
     assert code == 2 and "'smooth'" in err and "--target npu" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+# ---- the C++ desktop runner (integrations/desktop) on the same bundles, next to Python's ExecuTorch
+
+NON_ASCII = ["Ça va très bien, merci beaucoup !", "Die Größe des Maßbands überrascht.", "Привет, как дела сегодня?",
+             "Η γλώσσα είναι όμορφη.", "東京は日本の首都です。", "مرحبا بالعالم", "Naïve café résumé — 100% 🙂👍🏽"]
+
+
+def _native(runner, *args):
+    import subprocess
+
+    return subprocess.run([str(runner), *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_desktop_runner_embeds_like_python_executorch(exported, desktop_runner, tmp_path):
+    from tokenizers import Tokenizer
+
+    from edgec.calibration.text import builtin_sentences, encode_fixed
+    from edgec.tasks.text import embedding
+
+    out = exported["minilm"]
+    texts = builtin_sentences("heldout")[:17] + NON_ASCII
+    (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
+    r = _native(desktop_runner, out, "--texts", tmp_path / "texts.txt", "--json")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(x) for x in r.stdout.splitlines()]
+    native, stats = lines[:-1], lines[-1]["stats"]
+    assert [n["text"] for n in native] == texts
+    session = executorch.load(out / "model.pte")
+    tok = Tokenizer.from_file(str(out / "tokenizer" / "tokenizer.json"))
+    for n in native:
+        feed = encode_fixed(tok, [n["text"]])
+        want = embedding(session.run(feed), feed)[0]
+        got = np.asarray(n["embedding"])
+        assert float(want @ got / np.linalg.norm(want) / np.linalg.norm(got)) >= 0.9999, n["text"]
+    assert stats["runs"] == len(texts) - 1 and stats["median_ms"] > 0 and stats["peak_rss_mb"] > 0
+
+
+def test_desktop_runner_classifies_like_python_executorch(exported, desktop_runner, tmp_path):
+    from edgec.calibration.digits import load_digits_split
+
+    out = exported["vit-digits"]
+    pixels = load_digits_split("test")[0][:40]
+    np.save(tmp_path / "pixels.npy", pixels)
+    r = _native(desktop_runner, out, "--pixels", tmp_path / "pixels.npy", "--json")
+    assert r.returncode == 0, r.stderr
+    native = [json.loads(x) for x in r.stdout.splitlines()[:-1]]
+    session = executorch.load(out / "model.pte")
+    want = [int(session.run({"pixel_values": p[None]})[0].argmax()) for p in pixels]
+    assert [n["top1"] for n in native] == want
+
+
+@pytest.mark.parametrize("name", ["vit-digits", "minilm"])
+def test_desktop_selftest_reproduces_the_golden_vectors(exported, desktop_runner, name):
+    r = _native(desktop_runner, exported[name], "--selftest")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "selftest passed: 3 of 3" in r.stdout
+    assert "load" in r.stderr and "peak memory" in r.stderr
+    if name == "minilm":
+        assert r.stdout.count("tokens identical") == 3
+
+
+def test_desktop_runner_refuses_a_broken_bundle_in_one_line(exported, desktop_runner, tmp_path):
+    import shutil
+
+    def bundle(name):
+        dst = tmp_path / name
+        shutil.copytree(exported["minilm"], dst, ignore=shutil.ignore_patterns("model.onnx"))
+        return dst
+
+    def refused(folder, *words):
+        r = _native(desktop_runner, folder, "--selftest")
+        assert r.returncode == 1, r.stdout + r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("edgec-run: "), r.stderr
+        assert all(w in lines[0] for w in words), lines[0]
+
+    broken = bundle("broken")
+    (broken / "manifest.json").write_text((broken / "manifest.json").read_text()[:-40])
+    refused(broken, "manifest.json", "re-export")
+    missing = bundle("missing")
+    (missing / "model.pte").unlink()
+    refused(missing, "lacks model.pte", "copy")
+    truncated = bundle("truncated")
+    data = (truncated / "model.pte").read_bytes()
+    (truncated / "model.pte").write_bytes(data[: len(data) // 2])
+    refused(truncated, "model.pte", "truncated")
+    # cut short with the manifest edited to match: ExecuTorch itself must refuse it, not crash
+    m = json.loads((truncated / "manifest.json").read_text())
+    next(a for a in m["artifacts"] if a["path"] == "model.pte")["bytes"] = len(data) // 2
+    (truncated / "manifest.json").write_text(json.dumps(m))
+    refused(truncated, "model.pte", "not a valid ExecuTorch program")
+    refused(tmp_path / "nowhere", "no manifest.json")
+    no_tokenizer = bundle("no-tokenizer")
+    shutil.rmtree(no_tokenizer / "tokenizer")
+    refused(no_tokenizer, "tokenizer/tokenizer.json")

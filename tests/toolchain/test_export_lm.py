@@ -231,3 +231,22 @@ def _first_token_with_plain_onnxruntime(out, manifest):
         for k, v in zip(cache, new):
             cache[k][:, :, p:p + n] = v[:, :, :n]
     assert int(logits[0, n - 1].argmax()) == int(want[0])
+
+
+def test_desktop_runner_generates_what_edgec_generate_does(cpu_bundle, desktop_runner):
+    """The C++ runner's greedy loop over the .pte: the tokens of `edgec generate --runtime executorch`."""
+    import subprocess
+
+    from edgec.runtimes.executorch_llm import load_lm
+    from edgec.runtimes.llm import Sampling
+    from tokenizers import Tokenizer
+
+    r = subprocess.run([str(desktop_runner), str(cpu_bundle), "--prompt", PROMPT, "--max-new-tokens", "12", "--json"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    native = json.loads(r.stdout.splitlines()[0])
+    ids = Tokenizer.from_file(str(cpu_bundle / "tokenizer.json")).encode(PROMPT).ids
+    want = load_lm(cpu_bundle / "model.pte", cpu_bundle / "tokenizer.json").generate(ids, 12, Sampling()).tokens
+    assert native["prompt_ids"] == ids and native["tokens"] == want
+    r = subprocess.run([str(desktop_runner), str(cpu_bundle), "--selftest"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "selftest passed: 3 of 3" in r.stdout, r.stdout + r.stderr
