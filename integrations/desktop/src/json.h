@@ -66,4 +66,7 @@ class Value {
 Value parse(std::string_view text);
 Value parse_file(const std::string& path);
 
+// `s` as a JSON string literal (quotes and escapes), for writing JSON lines
+std::string quote(std::string_view s);
+
 }  // namespace edgec::json

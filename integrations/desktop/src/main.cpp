@@ -135,19 +135,6 @@ double peak_rss_mb() {
   return u.ru_maxrss / 1024.0;  // Linux reports kilobytes
 }
 
-std::string quote(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    if (c == '"' || c == '\\') { out += '\\'; out += static_cast<char>(c); }
-    else if (c == '\n') out += "\\n";
-    else if (c == '\t') out += "\\t";
-    else if (c == '\r') out += "\\r";
-    else if (c < 0x20) { char buf[8]; std::snprintf(buf, sizeof buf, "\\u%04x", c); out += buf; }
-    else out += static_cast<char>(c);
-  }
-  return out + "\"";
-}
-
 std::string numbers(const std::vector<double>& v, int precision = 9) {
   std::ostringstream s;
   s.precision(precision);
@@ -294,6 +281,7 @@ class Encoder {
     return out;
   }
 
+ private:
   const edgec::Bundle& bundle_;
   Program& program_;
 };
@@ -306,12 +294,10 @@ std::map<std::string, std::vector<double>> text_feed(const edgec::Encoding& e) {
 }
 
 // masked mean over tokens; a token-budget model returns the mask of the tokens it kept
-std::vector<double> pooled(const edgec::Bundle& b, const std::vector<std::vector<double>>& out,
-                           const std::vector<double>& input_mask) {
+std::vector<double> pooled(const std::vector<std::vector<double>>& out, const std::vector<double>& input_mask) {
   const auto& hidden = out[0];
   const auto& mask = out.size() > 1 ? out[1] : input_mask;
   size_t tokens = mask.size(), dims = hidden.size() / tokens;
-  (void)b;
   std::vector<double> e(dims, 0.0);
   double count = 0;
   for (size_t t = 0; t < tokens; ++t) {
@@ -415,12 +401,12 @@ struct Runner {
       auto e = tokenizer->encode(text);
       auto feed = text_feed(e);
       std::vector<double> emb;
-      for (int r = 0; r < opt.runs; ++r) emb = pooled(bundle, enc.run(feed), feed["attention_mask"]);
+      for (int r = 0; r < opt.runs; ++r) emb = pooled(enc.run(feed), feed["attention_mask"]);
       if (opt.json) {
-        std::cout << "{\"text\": " << quote(text) << ", \"embedding\": " << numbers(emb) << "}\n";
+        std::cout << "{\"text\": " << edgec::json::quote(text) << ", \"embedding\": " << numbers(emb) << "}\n";
       } else {
         double norm = std::sqrt(std::inner_product(emb.begin(), emb.end(), emb.begin(), 0.0));
-        std::cout << quote(text) << ": " << emb.size() << " dims, L2 norm " << norm << ", first values "
+        std::cout << edgec::json::quote(text) << ": " << emb.size() << " dims, L2 norm " << norm << ", first values "
                   << numbers({emb.begin(), emb.begin() + std::min<size_t>(6, emb.size())}, 4) << "\n";
       }
     }
@@ -445,7 +431,7 @@ struct Runner {
       for (int r = 0; r < opt.runs; ++r) logits = enc.run({{spec.name, image}}).at(0);
       int64_t top = argmax(logits.data(), logits.size());
       if (opt.json) {
-        std::cout << "{\"image\": " << i << ", \"top1\": " << top << ", \"label\": " << quote(bundle.label(top))
+        std::cout << "{\"image\": " << i << ", \"top1\": " << top << ", \"label\": " << edgec::json::quote(bundle.label(top))
                   << ", \"logits\": " << numbers(logits) << "}\n";
       } else {
         auto p = softmax(logits);
@@ -463,7 +449,7 @@ struct Runner {
     double ms = ms_since(t0);
     if (opt.json)
       std::cout << "{\"prompt_ids\": " << ints(prompt) << ", \"tokens\": " << ints(tokens)
-                << ", \"text\": " << quote(tokenizer->decode(tokens)) << ", \"tokens_per_s\": "
+                << ", \"text\": " << edgec::json::quote(tokenizer->decode(tokens)) << ", \"tokens_per_s\": "
                 << tokens.size() / (ms / 1000.0) << "}\n";
   }
 
@@ -482,7 +468,11 @@ struct Runner {
     auto report = [&](int i, const std::string& what, bool ok) {
       ++samples;
       failed += !ok;
-      std::cout << "golden " << i << ": " << what << (ok ? "  ok" : "  FAILED") << "\n";
+      if (opt.json)
+        std::cout << "{\"golden\": " << i << ", \"check\": " << edgec::json::quote(what) << ", \"ok\": "
+                  << (ok ? "true" : "false") << "}\n";
+      else
+        std::cout << "golden " << i << ": " << what << (ok ? "  ok" : "  FAILED") << "\n";
     };
     if (is_lm()) {
       Generator gen(*program, *tokenizer);
@@ -512,7 +502,7 @@ struct Runner {
           what << "tokens " << (same ? "identical" : "differ") << ", ";
         }
         if (is_text()) {
-          double c = cosine(pooled(bundle, want, feed["attention_mask"]), pooled(bundle, got, feed["attention_mask"]));
+          double c = cosine(pooled(want, feed["attention_mask"]), pooled(got, feed["attention_mask"]));
           ok &= c >= 0.9999;
           what << "pooled cosine " << std::setprecision(8) << c;
         } else {
@@ -525,8 +515,12 @@ struct Runner {
       }
     }
     if (samples == 0) throw std::runtime_error(bundle.golden + " holds no samples for " + rt + ": re-export the bundle");
-    std::cout << (failed ? "selftest failed: " : "selftest passed: ") << samples - failed << " of " << samples
-              << " golden samples agree\n";
+    if (opt.json)
+      std::cout << "{\"selftest\": " << (failed ? "\"failed\"" : "\"passed\"") << ", \"agree\": " << samples - failed
+                << ", \"samples\": " << samples << "}\n";
+    else
+      std::cout << (failed ? "selftest failed: " : "selftest passed: ") << samples - failed << " of " << samples
+                << " golden samples agree\n";
     return failed == 0;
   }
 

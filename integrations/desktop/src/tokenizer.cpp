@@ -1,5 +1,7 @@
 #include "tokenizer.h"
 
+#include "utf8.h"
+
 #include <algorithm>
 #include <array>
 #include <cstdio>
@@ -195,30 +197,11 @@ U32 decode_utf8(std::string_view s) {
   return out;
 }
 
-void append_utf8(std::string& out, char32_t c) {
-  uint32_t cp = static_cast<uint32_t>(c);
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-}
-
 std::string to_utf8(const U32& s, size_t from = 0, size_t to = std::u32string::npos) {
   std::string out;
   to = std::min(to, s.size());
   out.reserve(to - from);
-  for (size_t i = from; i < to; ++i) append_utf8(out, s[i]);
+  for (size_t i = from; i < to; ++i) append_utf8(out, static_cast<uint32_t>(s[i]));
   return out;
 }
 
@@ -684,7 +667,7 @@ struct WordPiece : Model {
     std::vector<size_t> offset;  // byte offset of each character, and the end
     for (char32_t c : word) {
       offset.push_back(utf8.size());
-      append_utf8(utf8, c);
+      append_utf8(utf8, static_cast<uint32_t>(c));
     }
     offset.push_back(utf8.size());
     size_t first = ids.size();
@@ -763,7 +746,7 @@ struct BPE : Model {
     std::string piece;
     for (size_t i = 0; i < word.size(); ++i) {
       piece.clear();
-      append_utf8(piece, word[i]);
+      append_utf8(piece, static_cast<uint32_t>(word[i]));
       size_t byte_len = piece.size();
       if (i > 0 && prefix) piece.insert(0, *prefix);
       if (i + 1 == word.size() && suffix) piece += *suffix;

@@ -19,29 +19,6 @@ namespace {
 constexpr const char* kUsage =
     "usage: edgec-tokenize TOKENIZER_JSON [--decode] [--no-special] [--keep-special] [--decode-ids] [--vocab-size]\n";
 
-std::string quote(const std::string& s) {
-  std::string out = "\"";
-  for (char ch : s) {
-    unsigned char c = static_cast<unsigned char>(ch);
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20 || c == 0x7F) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04X", c);
-          out += buf;
-        } else {
-          out += static_cast<char>(c);
-        }
-    }
-  }
-  return out + "\"";
-}
-
 void append_ints(std::string& out, const std::vector<int64_t>& values) {
   for (size_t i = 0; i < values.size(); ++i) {
     if (i) out += ' ';
@@ -86,7 +63,7 @@ int main(int argc, char** argv) {
       if (decode_ids) {
         std::vector<int64_t> ids;
         for (const edgec::json::Value& id : v.array()) ids.push_back(id.integer());
-        std::cout << quote(tok.decode(ids, skip_special)) << '\n';
+        std::cout << edgec::json::quote(tok.decode(ids, skip_special)) << '\n';
         continue;
       }
       if (!v.is_string()) throw std::runtime_error("expected a JSON string");
@@ -95,7 +72,7 @@ int main(int argc, char** argv) {
       append_ints(out, e.ids);
       out += " | ";
       append_ints(out, e.attention_mask);
-      if (decode) out += " | " + quote(tok.decode(e.ids, skip_special));
+      if (decode) out += " | " + edgec::json::quote(tok.decode(e.ids, skip_special));
       out += '\n';
       std::cout << out;
     }
