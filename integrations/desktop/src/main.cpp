@@ -329,11 +329,15 @@ class Generator {
   }
 
   // greedy tokens after `ids` (EOS included when reached); `stream` prints text as it forms
-  std::vector<int64_t> generate(const std::vector<int64_t>& ids, int max_new, bool stream) {
+  void check(const std::vector<int64_t>& ids, int max_new) const {
     if (ids.empty() || static_cast<int64_t>(ids.size()) + max_new > context)
       throw std::runtime_error(std::to_string(ids.size()) + " prompt + " + std::to_string(max_new) +
                                " new tokens: the program holds " + std::to_string(context) +
                                " tokens of context, ask for fewer new tokens or a shorter prompt");
+  }
+
+  std::vector<int64_t> generate(const std::vector<int64_t>& ids, int max_new, bool stream) {
+    check(ids, max_new);
     std::vector<double> last;
     for (size_t at = 0; at < ids.size(); at += static_cast<size_t>(chunk)) {
       std::vector<int64_t> piece(ids.begin() + static_cast<std::ptrdiff_t>(at),
@@ -443,6 +447,7 @@ struct Runner {
   void generate_text() {
     Generator gen(*program, *tokenizer);
     auto prompt = tokenizer->encode(opt.prompt).ids;
+    gen.check(prompt, opt.max_new_tokens);
     if (!opt.json) std::cout << opt.prompt << std::flush;
     auto t0 = Clock::now();
     auto tokens = gen.generate(prompt, opt.max_new_tokens, !opt.json);
