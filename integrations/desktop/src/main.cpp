@@ -544,9 +544,12 @@ struct Runner {
            << "}}";
       std::cout << line.str() << "\n";
     } else {
-      line << "loaded " << bundle.program_name << " in " << program->load_ms << " ms; " << timed.size()
-           << " timed forward calls (the first one warms up): median " << median << " ms; peak memory "
-           << peak_rss_mb() << " MB; " << threads << " threads";
+      line << "loaded " << bundle.program_name << " in " << program->load_ms << " ms; ";
+      if (ms.size() > 1)
+        line << timed.size() << " timed forward calls (after one that warms up): median " << median << " ms; ";
+      else
+        line << "1 forward call (not warmed up): " << median << " ms; ";
+      line << "peak memory " << peak_rss_mb() << " MB; " << threads << " threads";
       std::cerr << line.str() << "\n";
     }
   }
