@@ -229,12 +229,6 @@ TensorPtr make_input(const edgec::TensorSpec& spec, const std::vector<double>& v
   }
 }
 
-std::string shape_text(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
-
 std::vector<EValue> as_evalues(const std::vector<TensorPtr>& tensors) {
   return std::vector<EValue>(tensors.begin(), tensors.end());
 }
@@ -426,7 +420,7 @@ struct Runner {
     int64_t per_image = 1;
     for (size_t d = 1; d < spec.shape.size(); ++d) per_image *= spec.shape[d];
     if (pixels.numel() == 0 || pixels.numel() % per_image != 0)
-      throw std::runtime_error(opt.pixels + " does not hold whole images of shape " + shape_text(spec.shape) +
+      throw std::runtime_error(opt.pixels + " does not hold whole images of shape " + ints(spec.shape) +
                                ": give an array [N, C, H, W] or [C, H, W]");
     auto values = pixels.as_doubles();
     for (int64_t i = 0; i < pixels.numel() / per_image; ++i) {

@@ -88,13 +88,16 @@ size_t Array::item_size() const {
 }
 
 std::vector<double> Array::as_doubles() const {
+  if (dtype[0] == 'i' || dtype[0] == 'u' || dtype == "b1") {
+    auto ints = as_ints();
+    return {ints.begin(), ints.end()};
+  }
+  if (dtype != "f4" && dtype != "f8") throw std::runtime_error("array of dtype " + dtype + " is not numeric");
   std::vector<double> out(static_cast<size_t>(numel()));
   const char* p = data.data();
   for (size_t i = 0; i < out.size(); ++i) {
     if (dtype == "f4") { float v; std::memcpy(&v, p + 4 * i, 4); out[i] = v; }
-    else if (dtype == "f8") { std::memcpy(&out[i], p + 8 * i, 8); }
-    else if (dtype[0] == 'i' || dtype[0] == 'u' || dtype == "b1") { out[i] = static_cast<double>(as_ints()[i]); }
-    else throw std::runtime_error("array of dtype " + dtype + " is not numeric");
+    else std::memcpy(&out[i], p + 8 * i, 8);
   }
   return out;
 }
