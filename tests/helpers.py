@@ -1,9 +1,15 @@
 """Small builders shared by tests: realistic LayerNorms, right-padded text feeds, seeded decoder directories."""
 
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import torch
+
+
+def run_native(runner: Path, *args) -> subprocess.CompletedProcess:
+    """The desktop runner (`make desktop`) as an app's user runs it: a process of its own."""
+    return subprocess.run([str(runner), *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
 def randomise_norms(model: torch.nn.Module) -> None:

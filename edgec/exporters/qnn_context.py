@@ -69,14 +69,15 @@ class QnnContext:
     max_abs_diff: float | None  # to the QDQ graph compiled for the same SoC, over the check inputs
     not_run: str = ""
 
-    def manifest(self, compiled_from: str) -> dict:
+    def _target(self) -> dict:
         return {"soc": self.soc.name, "soc_model": self.soc.soc_model, "htp_arch": f"v{self.soc.htp_arch}",
-                "qnn_sdk": self.qnn_sdk, "compiled_from": compiled_from}
+                "qnn_sdk": self.qnn_sdk}
+
+    def manifest(self, compiled_from: str) -> dict:
+        return {**self._target(), "compiled_from": compiled_from}
 
     def to_dict(self) -> dict:
-        return {"soc": self.soc.name, "product": self.soc.product, "soc_model": self.soc.soc_model,
-                "htp_arch": f"v{self.soc.htp_arch}", "qnn_sdk": self.qnn_sdk,
-                "compile_seconds": round(self.compile_seconds, 3),
+        return {**self._target(), "product": self.soc.product, "compile_seconds": round(self.compile_seconds, 3),
                 "load_seconds": None if self.load_seconds is None else round(self.load_seconds, 3),
                 "max_abs_diff_to_qdq": self.max_abs_diff}
 

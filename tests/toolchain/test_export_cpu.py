@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from edgec.runtimes import executorch, ort_cpu
+from helpers import run_native
 
 FAST = {"eval_samples": 100, "bench_runs": 3}
 
@@ -113,12 +114,6 @@ NON_ASCII = ["Ça va très bien, merci beaucoup !", "Die Größe des Maßbands �
              "Η γλώσσα είναι όμορφη.", "東京は日本の首都です。", "مرحبا بالعالم", "Naïve café résumé — 100% 🙂👍🏽"]
 
 
-def _native(runner, *args):
-    import subprocess
-
-    return subprocess.run([str(runner), *map(str, args)], capture_output=True, text=True, timeout=300)
-
-
 def test_desktop_runner_embeds_like_python_executorch(exported, desktop_runner, tmp_path):
     from tokenizers import Tokenizer
 
@@ -128,7 +123,7 @@ def test_desktop_runner_embeds_like_python_executorch(exported, desktop_runner, 
     out = exported["minilm"]
     texts = builtin_sentences("heldout")[:17] + NON_ASCII
     (tmp_path / "texts.txt").write_text("\n".join(texts) + "\n", encoding="utf-8")
-    r = _native(desktop_runner, out, "--texts", tmp_path / "texts.txt", "--json")
+    r = run_native(desktop_runner, out, "--texts", tmp_path / "texts.txt", "--json")
     assert r.returncode == 0, r.stderr
     lines = [json.loads(x) for x in r.stdout.splitlines()]
     native, stats = lines[:-1], lines[-1]["stats"]
@@ -149,7 +144,7 @@ def test_desktop_runner_classifies_like_python_executorch(exported, desktop_runn
     out = exported["vit-digits"]
     pixels = load_digits_split("test")[0][:40]
     np.save(tmp_path / "pixels.npy", pixels)
-    r = _native(desktop_runner, out, "--pixels", tmp_path / "pixels.npy", "--json")
+    r = run_native(desktop_runner, out, "--pixels", tmp_path / "pixels.npy", "--json")
     assert r.returncode == 0, r.stderr
     native = [json.loads(x) for x in r.stdout.splitlines()[:-1]]
     session = executorch.load(out / "model.pte")
@@ -159,7 +154,7 @@ def test_desktop_runner_classifies_like_python_executorch(exported, desktop_runn
 
 @pytest.mark.parametrize("name", ["vit-digits", "minilm"])
 def test_desktop_selftest_reproduces_the_golden_vectors(exported, desktop_runner, name):
-    r = _native(desktop_runner, exported[name], "--selftest")
+    r = run_native(desktop_runner, exported[name], "--selftest")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "selftest passed: 3 of 3" in r.stdout
     assert "load" in r.stderr and "peak memory" in r.stderr
@@ -176,7 +171,7 @@ def test_desktop_runner_refuses_a_broken_bundle_in_one_line(exported, desktop_ru
         return dst
 
     def refused(folder, *words):
-        r = _native(desktop_runner, folder, "--selftest")
+        r = run_native(desktop_runner, folder, "--selftest")
         assert r.returncode == 1, r.stdout + r.stderr
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("edgec-run: "), r.stderr

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from helpers import assert_clean_failure, seeded_decoder_dir
+from helpers import assert_clean_failure, run_native, seeded_decoder_dir
 
 PROMPT = "And God said, Let there be light"
 
@@ -235,18 +235,15 @@ def _first_token_with_plain_onnxruntime(out, manifest):
 
 def test_desktop_runner_generates_what_edgec_generate_does(cpu_bundle, desktop_runner):
     """The C++ runner's greedy loop over the .pte: the tokens of `edgec generate --runtime executorch`."""
-    import subprocess
-
     from edgec.runtimes.executorch_llm import load_lm
     from edgec.runtimes.llm import Sampling
     from tokenizers import Tokenizer
 
-    r = subprocess.run([str(desktop_runner), str(cpu_bundle), "--prompt", PROMPT, "--max-new-tokens", "12", "--json"],
-                       capture_output=True, text=True, timeout=300)
+    r = run_native(desktop_runner, cpu_bundle, "--prompt", PROMPT, "--max-new-tokens", "12", "--json")
     assert r.returncode == 0, r.stderr
     native = json.loads(r.stdout.splitlines()[0])
     ids = Tokenizer.from_file(str(cpu_bundle / "tokenizer.json")).encode(PROMPT).ids
     want = load_lm(cpu_bundle / "model.pte", cpu_bundle / "tokenizer.json").generate(ids, 12, Sampling()).tokens
     assert native["prompt_ids"] == ids and native["tokens"] == want
-    r = subprocess.run([str(desktop_runner), str(cpu_bundle), "--selftest"], capture_output=True, text=True, timeout=300)
+    r = run_native(desktop_runner, cpu_bundle, "--selftest")
     assert r.returncode == 0 and "selftest passed: 3 of 3" in r.stdout, r.stdout + r.stderr
