@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgec.toolchain.cli import _quiet_libraries
+from edgec.toolchain.quiet import quiet_libraries
 
 
 def _row(report: dict) -> dict:
@@ -51,11 +51,11 @@ def main() -> None:
     ap.add_argument("--token-budget", type=float, help="token budget, a fraction")
     ap.add_argument("--token-layer", type=int, help="deciding block [default: TokenBudgetConfig's]")
     args = ap.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
     from edgec.passes.prune import PruneConfig
     from edgec.passes.token_budget import TokenBudgetConfig
     from edgec.toolchain.pipeline import export
-    from edgec.toolchain.progress import Progress
+    from edgec.progress import Progress
     from edgec.toolchain.recipe import Recipe
 
     recipe = Recipe().with_overrides(

@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgec.toolchain.cli import _quiet_libraries
+from edgec.toolchain.quiet import quiet_libraries
 
 
 def _api_and_archs() -> tuple[str, tuple[str, ...] | None, str]:
@@ -146,7 +146,7 @@ def main() -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--out", type=Path, default=Path("out/bench/gpu"))
     args = ap.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.out) as tmp:
         rows = encoders(args.models.split(","), args.precisions.split(","), args.runs, Path(tmp))

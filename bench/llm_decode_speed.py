@@ -20,7 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from edgec.toolchain.cli import _quiet_libraries
+from edgec.toolchain.quiet import quiet_libraries
 
 
 def seeded_dir(out: Path, layers: int, hidden: int) -> Path:
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=64)
     args = ap.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
     import transformers
 
     from edgec.calibration import prose

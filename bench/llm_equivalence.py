@@ -15,7 +15,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from edgec.toolchain.cli import _quiet_libraries
+from edgec.toolchain.quiet import quiet_libraries
 
 CONTEXT = 256
 
@@ -51,7 +51,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
     args = ap.parse_args()
-    _quiet_libraries()
+    quiet_libraries()
     from edgec.calibration import prose
     from edgec.exporters.executorch_llm import export_llm_pte
     from edgec.exporters.onnx_genai import export_genai

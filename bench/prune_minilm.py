@@ -29,7 +29,7 @@ import torch
 from edgec.calibration.text import builtin_sentences, encode
 from edgec.passes.prune import PruneConfig, prune
 from edgec.toolchain.load import load
-from edgec.toolchain.pipeline import torch_batches
+from edgec.tasks.base import torch_batches
 
 SEQ, N_CALIB, BATCH = 128, 160, 8
 VARIANTS = [

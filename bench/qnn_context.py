@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgec.toolchain.cli import _quiet_libraries
+from edgec.toolchain.quiet import quiet_libraries
 
 
 def _register():
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     if args.rounds < 1 or args.sentences < 1:
         ap.error("--rounds and --sentences must be at least 1")
-    _quiet_libraries()
+    quiet_libraries()
     from edgec.runtimes.machine import machine_info, package_version
     from edgec.toolchain.pipeline import export
     from edgec.toolchain.recipe import Recipe

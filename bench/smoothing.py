@@ -30,7 +30,7 @@ from edgec.exporters.onnx_float import export_onnx
 from edgec.exporters.onnx_qdq import quantize_qdq
 from edgec.passes.smooth import SmoothConfig, smooth
 from edgec.runtimes import ort_cpu
-from edgec.toolchain.evaluate import cosine, pooled
+from edgec.tasks.metrics import cosine, pooled
 
 SEQ, N_CALIB, N_EVAL = 128, 32, 64
 

@@ -1,5 +1,6 @@
 """A file the pipeline produced, as the report and manifest describe it."""
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,3 +35,12 @@ class Artifact:
         return {"path": str(self.path.relative_to(root)), "format": self.format,
                 "runtime": self.runtime, "verified_on": list(self.runtimes), "bytes": self.bytes,
                 **({"not_run": self.not_run} if self.not_run else {})}
+
+
+def sha256(path: Path) -> str:
+    """The digest the manifest records for a file, so a reader can tell a truncated or altered one."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()

@@ -59,9 +59,12 @@ class Module:
 
 
 def iree_version() -> str | None:
-    from edgec.runtimes.machine import package_version
+    from importlib import metadata
 
-    return package_version("iree-base-runtime")
+    try:
+        return metadata.version("iree-base-runtime")
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def module_name(api: str, arch: str) -> str:

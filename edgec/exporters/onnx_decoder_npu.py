@@ -23,11 +23,10 @@ from torch import nn
 
 from edgec.calibration.plan import PrecisionPlan
 from edgec.errors import ExportError, InputError
-from edgec.exporters.artifact import Artifact
 from edgec.exporters.atomic import write_atomic
+from edgec.exporters.formats import CHUNKED_KIND
 from edgec.exporters.onnx_float import export_onnx
 from edgec.models.decoder import Decoder
-from edgec.runtimes.htp_llm import KIND
 
 SCORE_FLOOR = 30.0  # masked scores clip this far below the lowest real score: weight e**-30
 
@@ -74,7 +73,7 @@ def export_float_decoder(module: Decoder, out_path: Path, context: int, chunk: i
     example = {t["name"]: np.zeros(t["shape"], t["dtype"]) for t in inputs}
     export_onnx(_ChunkGraph(module.eval()), example, [t["name"] for t in outputs], Path(out_path))
     d = inputs[1]["shape"][1]
-    return {"kind": KIND, "context": context, "chunk": chunk, "inputs": inputs, "outputs": outputs,
+    return {"kind": CHUNKED_KIND, "context": context, "chunk": chunk, "inputs": inputs, "outputs": outputs,
             "rope": {"theta": module.rope_theta, "head_dim": d, "layout": "half-split"},
             "mask_value": module.mask_value,
             "host_loop": (f"edgec.runtimes.htp_llm: prefill {chunk} tokens per run; decode runs the same "
@@ -88,26 +87,20 @@ def export_float_decoder(module: Decoder, out_path: Path, context: int, chunk: i
                                "the real tokens copy the last one (id, position, mask row)")}}
 
 
-def export_decoder_npu(module: Decoder, out_path: Path, context: int, chunk: int,
-                       calib_ids: list[np.ndarray]) -> tuple[Artifact, dict]:
-    """The integer-only A16W8 graph, checked to run whole on the HTP, and its contract for the manifest."""
+def quantize_decoder(float_path: Path, out_path: Path, contract: dict, feeds: list[dict]) -> dict:
+    """The float graph as an integer-only A16W8 QDQ graph at `out_path`, its cache tensors carrying the quantized
+    integers; `contract["cache"]` gains their dtype, scales and zero points. Returns the observers chosen."""
     from edgec.exporters.integer_check import check_integer_only
     from edgec.exporters.onnx_qdq import quantize_qdq
-    from edgec.runtimes import qnn_htp
 
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    if not calib_ids or not any(len(ids) for ids in calib_ids):
-        raise ExportError("no calibration text: give --calib data with at least one tokenized sample")
+
+    def adjust(model: onnx.ModelProto, ranges: dict) -> None:
+        _tie_cache_ranges(model, ranges, contract)
+        _floor_masked_scores(model, ranges)
+
     with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
-        float_path, qdq_path = Path(tmp) / "float.onnx", Path(tmp) / "qdq.onnx"
-        contract = export_float_decoder(module, float_path, context, chunk)
-        feeds = calibration_feeds(float_path, contract, calib_ids)
-
-        def adjust(model: onnx.ModelProto, ranges: dict) -> None:
-            _tie_cache_ranges(model, ranges, contract)
-            _floor_masked_scores(model, ranges)
-
+        qdq_path = Path(tmp) / "qdq.onnx"
         result = quantize_qdq(float_path, qdq_path, feeds, PrecisionPlan(), adjust=adjust)
         model = onnx.load(qdq_path)
     contract["cache"].update(_quantized_io(model, contract))
@@ -116,26 +109,7 @@ def export_decoder_npu(module: Decoder, out_path: Path, context: int, chunk: int
         raise ExportError(f"the decoder graph is not integer-only ({check.violations[0]['node']}: "
                           f"{check.violations[0]['reason']})")
     write_atomic(out_path, lambda t: onnx.save(model, t))
-    cov = qnn_htp.coverage(out_path)
-    contract["checks"] = {"integer_only": True, "htp": cov.to_dict(), "observers": result.observers}
-    runtime, also = ("qnn-htp", ("ort-cpu",)) if cov.runs_fully else ("ort-cpu", ())
-    return Artifact(out_path, "onnx-qdq", runtime, also, manifest={"engine": contract}), contract
-
-
-def calibration_feeds(float_path: Path, contract: dict, calib_ids: list[np.ndarray]) -> list[dict]:
-    """The inputs the host loop gives the float graph while prefilling each text (cache included)."""
-    from edgec.runtimes.htp_llm import ChunkedLM
-    from edgec.runtimes.ort_cpu import load
-
-    session = load(float_path)
-    lm = ChunkedLM(lambda f: dict(zip(session.output_names, session.run(f))), contract)
-    feeds: list[dict] = []
-    for ids in calib_ids:
-        ids = [int(i) for i in np.asarray(ids).reshape(-1)[:contract["context"]]]
-        if ids:
-            lm.reset()
-            lm.prefill(ids, record=feeds)
-    return feeds
+    return result.observers
 
 
 def _tie_cache_ranges(model: onnx.ModelProto, ranges: dict[str, list[dict]], contract: dict) -> None:

@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 
 from edgec.errors import ExportError
-from edgec.runtimes.tiered_lm import SPEC_FILE
+from edgec.exporters.formats import SPEC_FILE
 
 PASS = ("Reshape", "Transpose")
 LINEAR = ("MatMul", "MatMulNBits", "Gemm")

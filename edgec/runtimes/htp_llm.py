@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from edgec.errors import InputError
+from edgec.exporters.formats import CHUNKED_KIND
 from edgec.runtimes.llm import Generation, OnText, Recorder, Sampling, sample
 from edgec.runtimes.tokens import TokenBytes
 
 RUNTIMES = ("qnn-htp", "ort-cpu")
-KIND = "decoder-chunked"  # the contract's "kind"
 
 
 def rope_rows(theta: float, head_dim: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -119,7 +119,7 @@ def load_lm(onnx_path: Path, tokenizer: Path | None, info: dict, runtime: str = 
             threads: int = 2) -> ChunkedLM:
     """The graph on the HTP (CPU fallback disabled) or, as a quick check, on ORT's CPU provider.
 
-    `info` is the contract `export_decoder_npu` returned, alone or under "engine" beside the
+    `info` is the contract `targets.npu_lm.export_decoder_npu` returned, alone or under "engine" beside the
     manifest's generation fields (`eos_token_ids`); without a tokenizer, generate streams no text.
     """
     from edgec.runtimes import ort_cpu, qnn_htp
@@ -127,7 +127,7 @@ def load_lm(onnx_path: Path, tokenizer: Path | None, info: dict, runtime: str = 
     if runtime not in RUNTIMES:
         raise InputError(f"unknown runtime '{runtime}' for this decoder: use one of {', '.join(RUNTIMES)}")
     contract = info.get("engine", info)
-    if contract.get("kind") != KIND:
+    if contract.get("kind") != CHUNKED_KIND:
         raise InputError(f"{onnx_path} comes without its chunked-decoder contract: export it again with --target npu")
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise InputError(f"tokenizer not found: {tokenizer}; export the bundle again")

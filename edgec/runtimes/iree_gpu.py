@@ -242,11 +242,12 @@ def load_cuda(path: Path) -> IreeSession:
 
 def load_lm(path: Path, tokenizer: Path | None, info: dict, api: str = "vulkan"):
     """A chunked decoder step (the npu target's static graph, in float) driven by the same host loop."""
-    from edgec.runtimes.htp_llm import KIND, ChunkedLM
+    from edgec.exporters.formats import CHUNKED_KIND
+    from edgec.runtimes.htp_llm import ChunkedLM
     from edgec.runtimes.tokens import TokenBytes
 
     contract = info.get("engine", info)
-    if contract.get("kind") != KIND:
+    if contract.get("kind") != CHUNKED_KIND:
         raise InputError(f"{path} comes without its decoder contract: export it again with --target gpu")
     if tokenizer is not None and not Path(tokenizer).is_file():
         raise InputError(f"tokenizer not found: {tokenizer}; export the bundle again")

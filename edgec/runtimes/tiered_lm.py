@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 
 from edgec.errors import BackendError, InputError
+from edgec.exporters.formats import SPEC_FILE
 from edgec.runtimes.kv_tiers import KVOptions, TieredKV
 from edgec.runtimes.llm import Generation, OnText, Recorder, Sampling, sample
 from edgec.runtimes.tokens import TokenBytes
 
-SPEC_FILE = "stages.json"  # what exporters/onnx_stages writes beside the stage graphs
 THREADS = 2
 PREFILL = 256  # prompt tokens per step: bounds the activations and the attention scores
 

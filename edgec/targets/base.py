@@ -13,8 +13,8 @@ import torch
 
 from edgec.exporters.artifact import Artifact
 from edgec.exporters.onnx_float import export_onnx
+from edgec.progress import Progress
 from edgec.tasks.base import Feed, Feeds, Task
-from edgec.toolchain.progress import Progress
 
 
 @dataclass

@@ -85,9 +85,10 @@ class _Half(torch.nn.Module):
 
 def compile_for_gpus(job: Build, graph: Artifact, out_dir: Path, extra: dict) -> Built:
     """The software-Vulkan module plus one per requested architecture; each verified where a device runs it."""
+    from edgec.exporters.artifact import sha256
     from edgec.exporters.iree import DEFAULT_ARCHS, SOFTWARE_VULKAN, compile_module, import_onnx, module_name
+    from edgec.exporters.onnx_io import onnx_io
     from edgec.runtimes import iree_gpu
-    from edgec.toolchain.manifest import onnx_io, sha256
 
     api, precision = job.recipe.gpu_api, job.recipe.precision
     archs = list(dict.fromkeys(job.recipe.gpu_arch or DEFAULT_ARCHS[api]))

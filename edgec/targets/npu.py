@@ -3,15 +3,21 @@ same graph precompiled for each SoC's HTP (QNN context binaries), so a phone ski
 
 from __future__ import annotations
 
+import tempfile
+import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
 from edgec.calibration.plan import PrecisionPlan
-from edgec.errors import ExportError
+from edgec.errors import BackendError, ExportError
 from edgec.exporters.artifact import Artifact
+from edgec.exporters.qnn_context import SOCS, QnnContext, Soc, place_context
 from edgec.targets.base import Build, Built, Target
+
+MATCH_ATOL = 1e-3  # a QNN context against the same compiled graph: equal in practice, this only absorbs noise
 
 
 class Npu(Target):
@@ -56,8 +62,7 @@ class Npu(Target):
 
     def _contexts(self, job: Build, qdq: Artifact, out_dir: Path) -> tuple[list[Artifact], list[dict]]:
         """One precompiled QNN context per SoC asked for; those the simulator ran first."""
-        from edgec.exporters.qnn_context import SOCS, compile_context
-        from edgec.toolchain.manifest import onnx_io
+        from edgec.exporters.onnx_io import onnx_io
 
         io = onnx_io(qdq.path)  # the context takes and returns the QDQ graph's tensors, quantized inside
         arts, rows = [], []
@@ -84,3 +89,27 @@ class Npu(Target):
         from edgec.targets.npu_lm import build_npu_lm
 
         return build_npu_lm(job, module, out_dir)
+
+
+def compile_context(qdq: Path, soc: Soc, out_dir: Path, scratch: Path, feeds: list[dict]) -> QnnContext:
+    """`qdq` compiled for `soc` into `out_dir`; run on `feeds` and compared where the simulator runs it."""
+    from edgec.runtimes import qnn_htp
+
+    stem = f"{qdq.stem}.qnn-{soc.name.lower()}"
+    tmp = Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=scratch))  # ORT refuses to overwrite a context
+    done = qnn_htp.compile_context(qdq, tmp / f"{stem}.onnx", soc.soc_model, soc.htp_arch, feeds)
+    path, binary, sdk = place_context(done.path, out_dir / f"{stem}.onnx", out_dir / f"{stem}.bin")
+    if done.outputs is None:
+        return QnnContext(soc, path, binary, sdk, done.seconds, None, None, f"compiled, not run: {done.not_run}")
+    t0 = time.perf_counter()
+    try:
+        session = qnn_htp.load(path)
+    except BackendError as e:
+        raise ExportError(f"the QNN context for {soc.name} does not load although its graph ran ({e})") from e
+    load_seconds = time.perf_counter() - t0
+    diff = max(float(np.abs(np.asarray(a, np.float64) - b).max())
+               for f, want in zip(feeds, done.outputs) for a, b in zip(session.run(f), want))
+    if not diff <= MATCH_ATOL:
+        raise ExportError(f"the QNN context for {soc.name} differs from the QDQ graph compiled for it by {diff:.3g} "
+                          f"(more than {MATCH_ATOL}): report it with the QNN SDK version {sdk}")
+    return QnnContext(soc, path, binary, sdk, done.seconds, load_seconds, diff)

@@ -40,16 +40,25 @@ def rows(batch: dict[str, np.ndarray]) -> list[Feed]:
     return [{k: v[i:i + 1] for k, v in batch.items()} for i in range(n)]
 
 
+def torch_batches(feeds: list[Feed], size: int = 8) -> list[tuple[torch.Tensor, ...]]:
+    """Feeds stacked `size` at a time; a batch with an attention mask is cut after its longest real
+    row (right padding, so real rows are unchanged) and a pass computes nothing on padding."""
+    out = []
+    for start in range(0, len(feeds), size):
+        batch = {k: np.concatenate([f[k] for f in feeds[start:start + size]]) for k in feeds[0]}
+        if "attention_mask" in batch:
+            width = max(int(batch["attention_mask"].sum(1).max()), 1)
+            batch = {k: v[:, :width] for k, v in batch.items()}
+        out.append(tuple(torch.from_numpy(v) for v in batch.values()))
+    return out
+
+
 class Task:
     name: str  # the manifest's task
     kind: str  # the model kind it serves ("text", "image")
     simulator_eval_samples: int  # held-out samples on a simulator: a default worth its cost
-
-    def export_job(self, *args):
-        """What builds and measures an export of this kind: one forward pass per sample by default."""
-        from edgec.toolchain.pipeline import Export
-
-        return Export(*args)
+    # which of the toolchain's export jobs builds and measures this kind: one forward pass per sample by default
+    export_job = "forward"
 
     def tokens(self, config, recipe) -> int:
         """How many tokens a token budget chooses among."""

@@ -12,7 +12,7 @@ from edgec.calibration.text import builtin_sentences, encode_fixed, fixed_length
 from edgec.errors import InputError
 from edgec.passes.token_budget import SPECIALS
 from edgec.tasks.base import Feed, Feeds, Outputs, Task, pool_size, rows
-from edgec.toolchain.evaluate import cosine, pooled
+from edgec.tasks.metrics import cosine, pooled
 
 DEFAULT_SEQ_LEN = 128
 GOLDEN_SENTENCES = 3

@@ -8,9 +8,10 @@ from pathlib import Path
 
 from edgec import runtimes
 from edgec.errors import InputError
+from edgec.exporters.artifact import sha256
 from edgec.tasks import Task, task_named
 from edgec.toolchain.golden import golden_samples, read_golden
-from edgec.toolchain.manifest import sha256, validate
+from edgec.toolchain.manifest import validate
 
 
 @dataclass

@@ -3,29 +3,16 @@
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 
 import click
 
 from edgec.errors import EdgecError
+from edgec.toolchain.quiet import quiet_libraries
 
 EXIT_USER_ERROR = 2
-
-
-def _quiet_libraries() -> None:
-    """Third-party import chatter (torchao kernels, transformers bars) hides edgec's own output."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    warnings.filterwarnings("ignore")
-    logging.getLogger().setLevel(logging.ERROR)
-    for name in ("torchao", "torch", "transformers", "executorch", "onnxruntime", "root"):
-        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 def _quiet_torch() -> None:
@@ -76,7 +63,7 @@ def export(model, target, out, calib, calib_samples, seq_len, prune_ratio, prune
     """Export MODEL (a zoo name or a Hugging Face directory) for --target."""
     _quiet_torch()
     from edgec.toolchain.pipeline import export as run_export
-    from edgec.toolchain.progress import Progress
+    from edgec.progress import Progress
     from edgec.toolchain.recipe import load_recipe
 
     try:
@@ -158,7 +145,7 @@ def _token_budget(recipe, **changes):
 def sweep(model, target, out, ratios, budgets, token_layer, prune_method, calib, recipe, quiet) -> None:
     """Export MODEL at every pruning ratio x token budget and plot the trade-offs."""
     _quiet_torch()
-    from edgec.toolchain.progress import Progress
+    from edgec.progress import Progress
     from edgec.toolchain.recipe import load_recipe
     from edgec.toolchain.sweep import sweep as run_sweep
 
@@ -372,7 +359,7 @@ def _terminate(signum, frame) -> None:
 def main() -> None:
     from edgec.toolchain.publish import Terminated
 
-    _quiet_libraries()
+    quiet_libraries()
     previous = signal.signal(signal.SIGTERM, _terminate)  # clean up as on Ctrl-C
     try:
         cli(standalone_mode=False)

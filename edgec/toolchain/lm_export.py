@@ -14,18 +14,21 @@ import torch
 
 from edgec import runtimes
 from edgec.exporters.artifact import Artifact
+from edgec.progress import Progress
 from edgec.runtimes.llm import Sampling
 from edgec.targets import Build, Built, Target
-from edgec.tasks.base import Feeds
+from edgec.tasks.base import Feeds, torch_batches
 from edgec.tasks.generation import GOLDEN_TOKENS, context
 from edgec.toolchain.lm_speed import measure
-from edgec.toolchain.progress import Progress
+from edgec.toolchain.report_lm import render_lm
 
 SPEED_TOKENS = 64
 REFERENCE = "torch"  # transformers' eager float model: the baseline of every ratio
 
 
 class LMExport:
+    render = staticmethod(render_lm)  # report.json -> report.md
+
     def __init__(self, model, target: Target, feeds: Feeds, recipe, work: Path, scratch: Path,
                  progress: Progress):
         self.model, self.target, self.feeds, self.recipe = model, target, feeds, recipe
@@ -55,7 +58,6 @@ class LMExport:
         if self.recipe.prune is None or self.recipe.prune.ratio <= 0:
             return module
         from edgec.passes.prune import prune
-        from edgec.toolchain.pipeline import torch_batches
 
         feeds = self.feeds.prune_calib
         with self.progress.step(f"prune {self.recipe.prune.ratio:.0%} ({self.recipe.prune.method}, "

@@ -74,7 +74,7 @@ def _child() -> None:
 
 
 if __name__ == "__main__":
-    from edgec.toolchain.cli import _quiet_libraries
+    from edgec.toolchain.quiet import quiet_libraries
 
-    _quiet_libraries()
+    quiet_libraries()
     _child()

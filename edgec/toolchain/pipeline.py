@@ -16,20 +16,20 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 
 import edgec
 from edgec import runtimes
 from edgec.errors import InputError
 from edgec.exporters.artifact import Artifact
+from edgec.progress import Progress
 from edgec.runtimes.timing import bench
 from edgec.targets import Build, Built, Target, resolve
-from edgec.tasks.base import Feed, Feeds, Outputs
+from edgec.tasks.base import Feed, Feeds, Outputs, torch_batches
 from edgec.toolchain.golden import write_golden
+from edgec.toolchain.lm_export import LMExport
 from edgec.toolchain.load import LoadedModel, inspect, load
 from edgec.toolchain.manifest import build_manifest
-from edgec.toolchain.progress import Progress
 from edgec.toolchain.publish import atomic_dir
 from edgec.toolchain.recipe import Recipe
 from edgec.toolchain.report import render_markdown
@@ -38,25 +38,14 @@ Runner = Callable[[Feed], Outputs]
 FLOAT = "float.onnx@ort-cpu"
 
 
-def torch_batches(feeds: list[Feed], size: int = 8) -> list[tuple[torch.Tensor, ...]]:
-    """Feeds stacked `size` at a time; a batch with an attention mask is cut after its longest real
-    row (right padding, so real rows are unchanged) and a pass computes nothing on padding."""
-    out = []
-    for start in range(0, len(feeds), size):
-        batch = {k: np.concatenate([f[k] for f in feeds[start:start + size]]) for k in feeds[0]}
-        if "attention_mask" in batch:
-            width = max(int(batch["attention_mask"].sum(1).max()), 1)
-            batch = {k: v[:, :width] for k, v in batch.items()}
-        out.append(tuple(torch.from_numpy(v) for v in batch.values()))
-    return out
-
-
 def key(art: Artifact, runtime: str) -> str:
     return f"{art.path.name}@{runtime}"
 
 
 class Export:
     """One export run: compress, build the target, measure against float (and quantized-only)."""
+
+    render = staticmethod(render_markdown)  # report.json -> report.md
 
     def __init__(self, model: LoadedModel, target: Target, feeds: Feeds, recipe: Recipe,
                  work: Path, scratch: Path, progress: Progress):
@@ -211,6 +200,9 @@ class Export:
                 "threads": threads.pop() if len(threads) == 1 else sorted(threads, key=str)}
 
 
+JOBS = {"forward": Export, "lm": LMExport}  # a task's `export_job` -> the job that builds and measures it
+
+
 @dataclass
 class Prepared:
     """A loaded model with its data: shared by every export of a sweep."""
@@ -269,7 +261,7 @@ def export_into(prepared: Prepared, work: Path, scratch: Path, recipe: Recipe, p
 
     model, target = prepared.model, prepared.target
     t0 = time.perf_counter()
-    exp = model.task.export_job(model, target, prepared.feeds, recipe, work, scratch, progress)
+    exp = JOBS[model.task.export_job](model, target, prepared.feeds, recipe, work, scratch, progress)
     body = exp.build()
     task_fields = model.task.bundle(model, recipe, exp.output_names, work)
     with progress.step(f"golden outputs ({len(prepared.feeds.golden)} inputs per artifact and runtime)"):
@@ -291,5 +283,5 @@ def export_into(prepared: Prepared, work: Path, scratch: Path, recipe: Recipe, p
         "export_seconds": round(time.perf_counter() - t0, 1),
     }
     (work / "report.json").write_text(json.dumps(report, indent=2))
-    (work / "report.md").write_text(render_markdown(report))
+    (work / "report.md").write_text(exp.render(report))
     return report

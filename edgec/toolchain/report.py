@@ -15,10 +15,6 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
 
 
 def render_markdown(r: dict) -> str:
-    if "perplexity" in r:  # a language model
-        from edgec.toolchain.report_lm import render_lm
-
-        return render_lm(r)
     m = r["model"]
     lines = [f"# edgec export: {m['name']} for {r['target']}", "",
              f"{r['target_description']}.", "",

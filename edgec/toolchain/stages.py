@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from edgec.cache import cache_root
-from edgec.runtimes.tiered_lm import SPEC_FILE
+from edgec.exporters.formats import SPEC_FILE
 from edgec.toolchain.publish import atomic_dir
 
 FORMAT = "stages-v2"

@@ -14,8 +14,8 @@ from pathlib import Path
 
 from edgec.passes.prune import PruneConfig
 from edgec.passes.token_budget import TokenBudgetConfig
+from edgec.progress import Progress
 from edgec.toolchain.pipeline import check_out, export_into, prepare
-from edgec.toolchain.progress import Progress
 from edgec.toolchain.publish import atomic_dir
 from edgec.toolchain.recipe import Recipe
 

@@ -13,11 +13,12 @@ from tokenizers import Tokenizer
 from edgec.calibration import prose
 from edgec.errors import InputError
 from edgec.exporters.integer_check import check_integer_only
-from edgec.exporters.onnx_decoder_npu import export_decoder_npu, export_float_decoder
+from edgec.exporters.onnx_decoder_npu import export_float_decoder
 from edgec.models.hf_llama import from_hf_llama
 from edgec.runtimes.htp_llm import load_lm
 from edgec.runtimes.llm import Sampling
 from edgec.runtimes.tokens import TokenBytes
+from edgec.targets.npu_lm import export_decoder_npu
 from helpers import hf_greedy, seeded_decoder_dir
 
 CONTEXT, CHUNK = 64, 16

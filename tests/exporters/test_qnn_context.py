@@ -6,7 +6,8 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from edgec.exporters.qnn_context import SOCS, compile_context, soc_names
+from edgec.exporters.qnn_context import SOCS, soc_names
+from edgec.targets.npu import compile_context
 
 
 class _Calibration(CalibrationDataReader):

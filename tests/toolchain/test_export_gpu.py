@@ -97,7 +97,7 @@ def test_module_from_another_export_is_refused(vit_bundle, tmp_path, run_cli):
     import onnx
 
     from edgec.exporters import iree
-    from edgec.toolchain.manifest import sha256
+    from edgec.exporters.artifact import sha256
 
     bundle = tmp_path / "b"
     shutil.copytree(vit_bundle, bundle)

@@ -7,10 +7,10 @@ import torch
 
 from edgec.calibration.plan import PrecisionPlan
 from edgec.exporters.onnx_float import export_onnx
+from edgec.exporters.onnx_io import onnx_io
 from edgec.exporters.onnx_qdq import quantize_qdq
 from edgec.models.encoder import TextEncoder
 from edgec.runtimes import ort_cpu
-from edgec.toolchain.manifest import onnx_io
 
 SEQ = 16
 
