@@ -10,7 +10,7 @@ IS_311 := -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'
 PYTHON ?= $(firstword $(foreach p,python3.11 python3,$(shell $(p) $(IS_311) >/dev/null 2>&1 && echo $(p))))
 NEED_311 := edgec needs Python 3.11: install python3.11 (apt-get install python3.11 python3.11-venv)
 
-.PHONY: install demo test bench clean vulkan desktop
+.PHONY: install demo test bench clean vulkan oniguruma desktop
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || { test -n "$(PYTHON)" && $(PYTHON) $(IS_311) 2>/dev/null; } || { echo "$(NEED_311)" >&2; exit 1; }
@@ -27,11 +27,20 @@ vulkan:
 	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mesa-vulkan-drivers >/dev/null; } || \
 	  echo "no software Vulkan device: the GPU tests will skip (apt-get install mesa-vulkan-drivers)"; }
 
+# Oniguruma, the regex engine of the `tokenizers` library, which the desktop runner's tokenizer links
+# for tokenizer.json's patterns; installed where this user may (root with apt), else make desktop
+# stops and the native tokenizer tests skip, and say why
+oniguruma:
+	@echo '#include <oniguruma.h>' | $(CXX) -E -x c++ - >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libonig-dev >/dev/null; } || \
+	  echo "no Oniguruma: make desktop stops and the native tokenizer tests skip (apt-get install libonig-dev)"; }
+
 install: $(STAMP)
 
 # the C++ runner (integrations/desktop): a bundle's .pte under ExecuTorch's C++ runtime, no Python
 DESKTOP_BUILD ?= build/desktop
-desktop: install
+desktop: install oniguruma
 	@command -v $(CXX) >/dev/null || { echo "make desktop needs a C++17 compiler: apt-get install g++" >&2; exit 1; }
 	$(VENV)/bin/cmake -S integrations/desktop -B $(DESKTOP_BUILD) -DCMAKE_BUILD_TYPE=Release \
 	  -DCMAKE_PREFIX_PATH="$$($(PY) -c 'import executorch; print(list(executorch.__path__)[0])')" >/dev/null
@@ -44,7 +53,7 @@ demo: install
 
 # test files spread over TEST_JOBS processes; a module's fixtures stay in one
 TEST_JOBS ?= 2
-test: install vulkan
+test: install vulkan oniguruma
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 # every bench script in one run, one table at the end; BENCH_ARGS=--quick for a short tour

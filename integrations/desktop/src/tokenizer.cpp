@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "json.h"
+#include "regex.h"
 
 namespace edgec {
 
@@ -75,7 +76,6 @@ bool is_white_space(char32_t c) {
   return false;
 }
 
-bool is_letter(char32_t c) { return class_of(c) == L; }
 bool is_number(char32_t c) {
   Class k = class_of(c);
   return k == Nw || k == No;
@@ -160,6 +160,47 @@ std::u32string nfd(const std::u32string& s) {
       std::stable_sort(out.begin() + static_cast<std::ptrdiff_t>(i), out.begin() + static_cast<std::ptrdiff_t>(j),
                        [](char32_t a, char32_t b) { return combining_class(a) < combining_class(b); });
     i = j;
+  }
+  return out;
+}
+
+// canonical composition of a pair, or 0 (Hangul by arithmetic, the rest from kDecompositions)
+char32_t compose(char32_t a, char32_t b) {
+  if (a >= kJamoL && a < kJamoL + 19 && b >= kJamoV && b < kJamoV + kJamoVCount)
+    return kHangulFirst + ((a - kJamoL) * kJamoVCount + (b - kJamoV)) * kJamoTCount;
+  if (a >= kHangulFirst && a < kHangulFirst + kHangulCount && (a - kHangulFirst) % kJamoTCount == 0 && b > kJamoT &&
+      b < kJamoT + kJamoTCount)
+    return a + (b - kJamoT);
+  static const std::unordered_map<uint64_t, char32_t> pairs = [] {
+    std::unordered_set<uint32_t> excluded(std::begin(kCompositionExclusions), std::end(kCompositionExclusions));
+    std::unordered_map<uint64_t, char32_t> m;
+    for (const Decomposition& d : kDecompositions)
+      if (d.second && !excluded.count(d.cp)) m[(static_cast<uint64_t>(d.first) << 21) | d.second] = d.cp;
+    return m;
+  }();
+  auto it = pairs.find((static_cast<uint64_t>(a) << 21) | b);
+  return it == pairs.end() ? 0 : it->second;
+}
+
+// NFD, then each character joins the last starter before it unless a character in between blocks it
+std::u32string nfc(const std::u32string& s) {
+  std::u32string d = nfd(s), out;
+  out.reserve(d.size());
+  size_t starter = std::u32string::npos;
+  uint8_t last_ccc = 0;  // of the last character kept
+  for (char32_t c : d) {
+    uint8_t ccc = combining_class(c);
+    if (starter != std::u32string::npos) {
+      bool adjacent = starter + 1 == out.size();
+      if (adjacent || (last_ccc != 0 && last_ccc < ccc))
+        if (char32_t composed = compose(out[starter], c)) {
+          out[starter] = composed;
+          continue;
+        }
+    }
+    if (ccc == 0) starter = out.size();
+    out += c;
+    last_ccc = ccc;
   }
   return out;
 }
@@ -273,6 +314,83 @@ int64_t token_id(const json::Value& v) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Patterns: the {"String": ...} or {"Regex": ...} of Split and Replace
+
+struct Span {
+  size_t from, to;
+  bool is_match;
+};
+
+// code point offsets of UTF-8 byte offsets (the regex library works on UTF-8)
+std::vector<size_t> char_index(const std::string& utf8) {
+  std::vector<size_t> index(utf8.size() + 1);
+  size_t chars = 0;
+  for (size_t i = 0; i < utf8.size(); ++i) {
+    bool starts_char = (static_cast<unsigned char>(utf8[i]) & 0xC0) != 0x80;
+    index[i] = starts_char ? chars++ : chars;
+  }
+  index[utf8.size()] = chars;
+  return index;
+}
+
+struct Pattern {
+  std::optional<Regex> regex;
+  U32 literal;
+
+  // the matches and the gaps between them, in order, as the library's find_matches
+  std::vector<Span> find(const U32& s) const {
+    if (s.empty()) return {{0, 0, false}};
+    std::vector<std::pair<size_t, size_t>> matches;
+    if (regex) {
+      std::string utf8 = to_utf8(s);
+      std::vector<size_t> index = char_index(utf8);
+      for (auto [from, to] : regex->find_all(utf8)) matches.emplace_back(index[from], index[to]);
+    } else {
+      for (size_t at = s.find(literal); at != U32::npos; at = s.find(literal, at + literal.size()))
+        matches.emplace_back(at, at + literal.size());
+    }
+    std::vector<Span> spans;
+    size_t prev = 0;
+    for (auto [from, to] : matches) {
+      if (from > prev) spans.push_back({prev, from, false});
+      spans.push_back({from, to, true});
+      prev = to;
+    }
+    if (prev < s.size()) spans.push_back({prev, s.size(), false});
+    return spans;
+  }
+
+  U32 replace(const U32& s, const U32& content) const {
+    U32 out;
+    for (const Span& sp : find(s)) out += sp.is_match ? content : s.substr(sp.from, sp.to - sp.from);
+    return out;
+  }
+};
+
+Pattern load_pattern(const json::Value& v, const std::string& where) {
+  Pattern p;
+  if (const json::Value* lit = v.find("String")) {
+    p.literal = decode_utf8(lit->str());
+    if (p.literal.empty()) unsupported(where + " with an empty String pattern is not supported");
+  } else if (const json::Value* re = v.find("Regex")) {
+    try {
+      p.regex.emplace(re->str());
+    } catch (const std::runtime_error& e) {
+      throw LoadError(where + " Regex '" + re->str() + "' does not compile: " + e.what());
+    }
+  } else {
+    unsupported(where + " pattern must be {\"String\": ...} or {\"Regex\": ...}");
+  }
+  return p;
+}
+
+char32_t one_char(const json::Value& v, const std::string& where) {
+  U32 s = decode_utf8(v.str());
+  if (s.size() != 1) throw LoadError(where + " must be one character");
+  return s[0];
+}
+
+// ---------------------------------------------------------------------------------------------
 // Normalizers
 
 struct Normalizer {
@@ -332,6 +450,23 @@ struct NfdNormalizer : Normalizer {
   void normalize(U32& s) const override { s = uni::nfd(s); }
 };
 
+struct NfcNormalizer : Normalizer {
+  void normalize(U32& s) const override { s = uni::nfc(s); }
+};
+
+struct ReplaceNormalizer : Normalizer {
+  Pattern pattern;
+  U32 content;
+  void normalize(U32& s) const override { s = pattern.replace(s, content); }
+};
+
+struct PrependNormalizer : Normalizer {
+  U32 prepend;
+  void normalize(U32& s) const override {
+    if (!s.empty()) s.insert(0, prepend);
+  }
+};
+
 struct SequenceNormalizer : Normalizer {
   std::vector<std::unique_ptr<Normalizer>> steps;
   void normalize(U32& s) const override {
@@ -351,24 +486,42 @@ std::unique_ptr<Normalizer> load_normalizer(const json::Value& v) {
   }
   if (type == "Lowercase") return std::make_unique<LowercaseNormalizer>();
   if (type == "NFD") return std::make_unique<NfdNormalizer>();
+  if (type == "NFC") return std::make_unique<NfcNormalizer>();
+  if (type == "Replace") {
+    auto n = std::make_unique<ReplaceNormalizer>();
+    n->pattern = load_pattern(v.at("pattern"), "normalizer Replace");
+    n->content = decode_utf8(v.at("content").str());
+    return n;
+  }
+  if (type == "Prepend") {
+    auto n = std::make_unique<PrependNormalizer>();
+    n->prepend = decode_utf8(v.at("prepend").str());
+    return n;
+  }
   if (type == "Sequence") {
     auto n = std::make_unique<SequenceNormalizer>();
     for (const json::Value& step : v.at("normalizers").array()) n->steps.push_back(load_normalizer(step));
     return n;
   }
-  unsupported("normalizer type '" + type + "' is not supported (BertNormalizer, Lowercase, NFD and Sequence are)");
+  unsupported("normalizer type '" + type +
+              "' is not supported (BertNormalizer, Lowercase, NFD, NFC, Replace, Prepend and Sequence are)");
 }
 
 // ---------------------------------------------------------------------------------------------
 // Pre-tokenizers: each turns one piece of text into pieces; empty pieces are dropped
 
-struct PreTokenizer {
-  virtual ~PreTokenizer() = default;
-  virtual void split(const U32& piece, std::vector<U32>& out) const = 0;
+struct Piece {
+  U32 text;
+  bool first;  // begins the input text: Metaspace's prepend_scheme "first" prepends only there
 };
 
-void push_piece(std::vector<U32>& out, const U32& s, size_t from, size_t to) {
-  if (to > from) out.emplace_back(s, from, to - from);
+struct PreTokenizer {
+  virtual ~PreTokenizer() = default;
+  virtual void split(const Piece& piece, std::vector<Piece>& out) const = 0;
+};
+
+void push_piece(std::vector<Piece>& out, const Piece& p, size_t from, size_t to) {
+  if (to > from) out.push_back({p.text.substr(from, to - from), p.first && from == 0});
 }
 
 bool is_bert_punct(char32_t c) {
@@ -378,120 +531,40 @@ bool is_bert_punct(char32_t c) {
 
 struct BertPreTokenizer : PreTokenizer {
   // whitespace removed, each punctuation character a piece of its own
-  void split(const U32& s, std::vector<U32>& out) const override {
+  void split(const Piece& p, std::vector<Piece>& out) const override {
+    const U32& s = p.text;
     size_t start = 0;
     for (size_t i = 0; i < s.size(); ++i) {
       char32_t c = s[i];
       if (uni::is_white_space(c)) {
-        push_piece(out, s, start, i);
+        push_piece(out, p, start, i);
         start = i + 1;
       } else if (is_bert_punct(c)) {
-        push_piece(out, s, start, i);
-        push_piece(out, s, i, i + 1);
+        push_piece(out, p, start, i);
+        push_piece(out, p, i, i + 1);
         start = i + 1;
       }
     }
-    push_piece(out, s, start, s.size());
+    push_piece(out, p, start, s.size());
   }
 };
 
 struct WhitespaceSplit : PreTokenizer {
-  void split(const U32& s, std::vector<U32>& out) const override {
+  void split(const Piece& p, std::vector<Piece>& out) const override {
     size_t start = 0;
-    for (size_t i = 0; i < s.size(); ++i)
-      if (uni::is_white_space(s[i])) {
-        push_piece(out, s, start, i);
+    for (size_t i = 0; i < p.text.size(); ++i)
+      if (uni::is_white_space(p.text[i])) {
+        push_piece(out, p, start, i);
         start = i + 1;
       }
-    push_piece(out, s, start, s.size());
-  }
-};
-
-struct Span {
-  size_t from, to;
-  bool is_match;
-};
-
-// GPT-2's 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ with the
-// first-alternative-wins semantics of a backtracking engine; it matches at every position
-std::vector<Span> gpt2_spans(const U32& s) {
-  std::vector<Span> spans;
-  size_t n = s.size(), i = 0;
-  auto is_other = [](char32_t c) { return !uni::is_white_space(c) && !uni::is_letter(c) && !uni::is_number(c); };
-  auto run = [&](size_t at, auto pred) -> size_t {  // end of the class run after an optional space, or 0
-    size_t j = at + (s[at] == ' ' ? 1 : 0);
-    if (j >= n || !pred(s[j])) return 0;
-    while (j < n && pred(s[j])) ++j;
-    return j;
-  };
-  while (i < n) {
-    size_t end = 0;
-    if (s[i] == '\'' && i + 1 < n) {
-      char32_t a = s[i + 1], b = i + 2 < n ? s[i + 2] : 0;
-      if (a == 's' || a == 't' || a == 'm' || a == 'd') end = i + 2;
-      else if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) end = i + 3;
-    }
-    if (!end) end = run(i, uni::is_letter);
-    if (!end) end = run(i, uni::is_number);
-    if (!end) end = run(i, is_other);
-    if (!end) {  // whitespace: a run not followed by text, else all but its last character
-      size_t j = i;
-      while (j < n && uni::is_white_space(s[j])) ++j;
-      end = (j == n || j - i == 1) ? j : j - 1;
-    }
-    spans.push_back({i, end, true});
-    i = end;
-  }
-  return spans;
-}
-
-// GPT-2's byte-to-character map: printable bytes stand for themselves, the rest move to U+0100 and up
-struct ByteMap {
-  std::array<char32_t, 256> to_char{};
-  std::unordered_map<char32_t, uint8_t> to_byte;
-  ByteMap() {
-    std::array<bool, 256> direct{};
-    for (int b = '!'; b <= '~'; ++b) direct[static_cast<size_t>(b)] = true;
-    for (int b = 0xA1; b <= 0xAC; ++b) direct[static_cast<size_t>(b)] = true;
-    for (int b = 0xAE; b <= 0xFF; ++b) direct[static_cast<size_t>(b)] = true;
-    char32_t next = 256;
-    for (size_t b = 0; b < 256; ++b) to_char[b] = direct[b] ? static_cast<char32_t>(b) : next++;
-    for (size_t b = 0; b < 256; ++b) to_byte[to_char[b]] = static_cast<uint8_t>(b);
-  }
-};
-
-const ByteMap& byte_map() {
-  static const ByteMap m;
-  return m;
-}
-
-U32 to_byte_chars(const U32& s) {
-  const ByteMap& m = byte_map();
-  std::string bytes = to_utf8(s);
-  U32 out;
-  out.reserve(bytes.size());
-  for (char b : bytes) out += m.to_char[static_cast<unsigned char>(b)];
-  return out;
-}
-
-struct ByteLevelPreTokenizer : PreTokenizer {
-  bool add_prefix_space = true, use_regex = true;
-  void split(const U32& piece, std::vector<U32>& out) const override {
-    U32 s = piece;
-    if (add_prefix_space && (s.empty() || s[0] != ' ')) s.insert(s.begin(), U' ');
-    if (!use_regex) {
-      if (!s.empty()) out.push_back(to_byte_chars(s));
-      return;
-    }
-    for (const Span& sp : gpt2_spans(s))
-      if (sp.to > sp.from) out.push_back(to_byte_chars(s.substr(sp.from, sp.to - sp.from)));
+    push_piece(out, p, start, p.text.size());
   }
 };
 
 enum class Behavior { Removed, Isolated, MergedWithPrevious, MergedWithNext, Contiguous };
 
 // how the tokenizers library turns (span, is_match) into pieces for each split behavior
-void split_by_behavior(const U32& s, std::vector<Span> spans, Behavior behavior, std::vector<U32>& out) {
+void split_by_behavior(const Piece& p, std::vector<Span> spans, Behavior behavior, std::vector<Piece>& out) {
   std::vector<Span> parts;  // is_match here means "remove"
   switch (behavior) {
     case Behavior::Isolated:
@@ -529,52 +602,117 @@ void split_by_behavior(const U32& s, std::vector<Span> spans, Behavior behavior,
       break;
     }
   }
-  for (const Span& p : parts)
-    if (!p.is_match) push_piece(out, s, p.from, p.to);
+  for (const Span& part : parts)
+    if (!part.is_match) push_piece(out, p, part.from, part.to);
 }
 
-// the matches of a literal, or of the GPT-2 pattern, with the gaps between them
-std::vector<Span> find_spans(const U32& s, const U32* literal) {
-  if (s.empty()) return {{0, 0, false}};
-  if (!literal) return gpt2_spans(s);
-  std::vector<Span> spans;
-  size_t prev = 0;
-  for (size_t at = s.find(*literal); at != U32::npos; at = s.find(*literal, at + literal->size())) {
-    if (at > prev) spans.push_back({prev, at, false});
-    spans.push_back({at, at + literal->size(), true});
-    prev = at + literal->size();
+// GPT-2's byte-to-character map: printable bytes stand for themselves, the rest move to U+0100 and up
+struct ByteMap {
+  std::array<char32_t, 256> to_char{};
+  std::unordered_map<char32_t, uint8_t> to_byte;
+  ByteMap() {
+    std::array<bool, 256> direct{};
+    for (int b = '!'; b <= '~'; ++b) direct[static_cast<size_t>(b)] = true;
+    for (int b = 0xA1; b <= 0xAC; ++b) direct[static_cast<size_t>(b)] = true;
+    for (int b = 0xAE; b <= 0xFF; ++b) direct[static_cast<size_t>(b)] = true;
+    char32_t next = 256;
+    for (size_t b = 0; b < 256; ++b) to_char[b] = direct[b] ? static_cast<char32_t>(b) : next++;
+    for (size_t b = 0; b < 256; ++b) to_byte[to_char[b]] = static_cast<uint8_t>(b);
   }
-  if (prev < s.size()) spans.push_back({prev, s.size(), false});
-  return spans;
+};
+
+const ByteMap& byte_map() {
+  static const ByteMap m;
+  return m;
+}
+
+U32 to_byte_chars(const U32& s) {
+  const ByteMap& m = byte_map();
+  std::string bytes = to_utf8(s);
+  U32 out;
+  out.reserve(bytes.size());
+  for (char b : bytes) out += m.to_char[static_cast<unsigned char>(b)];
+  return out;
 }
 
 constexpr std::string_view kGpt2Pattern =
     R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
 
+struct ByteLevelPreTokenizer : PreTokenizer {
+  bool add_prefix_space = true, use_regex = true;
+  void split(const Piece& piece, std::vector<Piece>& out) const override {
+    static const Pattern gpt2{Regex(kGpt2Pattern), {}};
+    Piece p = piece;
+    if (add_prefix_space && (p.text.empty() || p.text[0] != ' ')) p.text.insert(p.text.begin(), U' ');
+    std::vector<Piece> parts;
+    if (use_regex) split_by_behavior(p, gpt2.find(p.text), Behavior::Isolated, parts);
+    else if (!p.text.empty()) parts.push_back(std::move(p));
+    for (Piece& part : parts) out.push_back({to_byte_chars(part.text), part.first});
+  }
+};
+
 struct SplitPreTokenizer : PreTokenizer {
-  bool gpt2 = false;
-  U32 literal;
+  Pattern pattern;
   Behavior behavior = Behavior::Isolated;
   bool invert = false;
-  void split(const U32& s, std::vector<U32>& out) const override {
-    std::vector<Span> spans = find_spans(s, gpt2 ? nullptr : &literal);
+  void split(const Piece& p, std::vector<Piece>& out) const override {
+    std::vector<Span> spans = pattern.find(p.text);
     if (invert)
       for (Span& sp : spans) sp.is_match = !sp.is_match;
-    split_by_behavior(s, std::move(spans), behavior, out);
+    split_by_behavior(p, std::move(spans), behavior, out);
+  }
+};
+
+// each numeric character (Rust's char::is_numeric: Nd, Nl, No) alone, or runs of them together
+struct DigitsPreTokenizer : PreTokenizer {
+  bool individual = false;
+  void split(const Piece& p, std::vector<Piece>& out) const override {
+    std::vector<Span> spans;
+    size_t gap = 0;
+    for (size_t i = 0; i < p.text.size(); ++i)
+      if (uni::is_number(p.text[i])) {
+        if (gap < i) spans.push_back({gap, i, false});
+        spans.push_back({i, i + 1, true});
+        gap = i + 1;
+      }
+    if (gap < p.text.size() || p.text.empty()) spans.push_back({gap, p.text.size(), false});
+    split_by_behavior(p, std::move(spans), individual ? Behavior::Isolated : Behavior::Contiguous, out);
+  }
+};
+
+enum class Prepend { Always, First, Never };
+
+// SentencePiece's whitespace: spaces become the replacement character (U+2581), one is prepended
+// per the scheme, and with split each replacement begins a new piece
+struct MetaspacePreTokenizer : PreTokenizer {
+  char32_t replacement = 0x2581;
+  Prepend prepend = Prepend::Always;
+  bool split_pieces = true;
+  void split(const Piece& piece, std::vector<Piece>& out) const override {
+    Piece p = piece;
+    std::replace(p.text.begin(), p.text.end(), U' ', replacement);
+    bool wants = prepend == Prepend::Always || (prepend == Prepend::First && p.first);
+    if (wants && (p.text.empty() || p.text[0] != replacement)) p.text.insert(p.text.begin(), replacement);
+    if (!split_pieces) {
+      if (!p.text.empty()) out.push_back(std::move(p));
+      return;
+    }
+    Pattern at_replacement{std::nullopt, U32(1, replacement)};
+    split_by_behavior(p, at_replacement.find(p.text), Behavior::MergedWithNext, out);
   }
 };
 
 struct SequencePreTokenizer : PreTokenizer {
   std::vector<std::unique_ptr<PreTokenizer>> steps;
-  void split(const U32& s, std::vector<U32>& out) const override {
-    std::vector<U32> pieces{s}, next;
+  void split(const Piece& p, std::vector<Piece>& out) const override {
+    std::vector<Piece> pieces{p}, next;
     for (const auto& step : steps) {
       next.clear();
-      for (const U32& p : pieces) step->split(p, next);
+      for (const Piece& piece : pieces) step->split(piece, next);
       pieces.swap(next);
     }
-    for (U32& p : pieces)
-      if (!p.empty()) out.push_back(std::move(p));
+    for (Piece& piece : pieces)
+      if (!piece.text.empty()) out.push_back(std::move(piece));
   }
 };
 
@@ -586,6 +724,18 @@ Behavior load_behavior(const json::Value& v) {
   if (b == "MergedWithNext") return Behavior::MergedWithNext;
   if (b == "Contiguous") return Behavior::Contiguous;
   unsupported("pre_tokenizer Split behavior '" + b + "' is not supported");
+}
+
+Prepend load_prepend_scheme(const json::Value& v) {
+  const json::Value* add = v.find("add_prefix_space");  // older files: a flag instead of the scheme
+  if (add && !add->is_null() && !add->boolean()) return Prepend::Never;
+  const json::Value* scheme = v.find("prepend_scheme");
+  if (!scheme || scheme->is_null()) return Prepend::Always;
+  const std::string& s = scheme->str();
+  if (s == "always") return Prepend::Always;
+  if (s == "first") return Prepend::First;
+  if (s == "never") return Prepend::Never;
+  unsupported("Metaspace prepend_scheme '" + s + "' is not supported (always, first and never are)");
 }
 
 std::unique_ptr<PreTokenizer> load_pre_tokenizer(const json::Value& v) {
@@ -600,19 +750,21 @@ std::unique_ptr<PreTokenizer> load_pre_tokenizer(const json::Value& v) {
   }
   if (type == "Split") {
     auto p = std::make_unique<SplitPreTokenizer>();
-    const json::Value& pattern = v.at("pattern");
-    if (const json::Value* lit = pattern.find("String")) {
-      p->literal = decode_utf8(lit->str());
-      if (p->literal.empty()) unsupported("pre_tokenizer Split with an empty String pattern is not supported");
-    } else if (const json::Value* re = pattern.find("Regex")) {
-      if (re->str() != kGpt2Pattern)
-        unsupported("pre_tokenizer Split with Regex '" + re->str() + "' is not supported (only GPT-2's pattern is)");
-      p->gpt2 = true;
-    } else {
-      unsupported("pre_tokenizer Split pattern must be {\"String\": ...} or {\"Regex\": ...}");
-    }
+    p->pattern = load_pattern(v.at("pattern"), "pre_tokenizer Split");
     p->behavior = load_behavior(v.at("behavior"));
     p->invert = v.at("invert").boolean();
+    return p;
+  }
+  if (type == "Digits") {
+    auto p = std::make_unique<DigitsPreTokenizer>();
+    p->individual = flag(v, "individual_digits", false);
+    return p;
+  }
+  if (type == "Metaspace") {
+    auto p = std::make_unique<MetaspacePreTokenizer>();
+    p->replacement = one_char(v.at("replacement"), "pre_tokenizer Metaspace replacement");
+    p->prepend = load_prepend_scheme(v);
+    p->split_pieces = flag(v, "split", true);
     return p;
   }
   if (type == "Sequence") {
@@ -621,7 +773,8 @@ std::unique_ptr<PreTokenizer> load_pre_tokenizer(const json::Value& v) {
     return p;
   }
   unsupported("pre_tokenizer type '" + type +
-              "' is not supported (BertPreTokenizer, ByteLevel, WhitespaceSplit, Split and Sequence are)");
+              "' is not supported (BertPreTokenizer, ByteLevel, WhitespaceSplit, Split, Digits, Metaspace and "
+              "Sequence are)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -959,11 +1112,12 @@ std::unique_ptr<PostProcessor> load_post_processor(const json::Value& v) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Decoders
+// Decoders: as the library's decode_chain, each maps the list of token strings to a new list; the
+// decode is the last list joined
 
 struct Decoder {
   virtual ~Decoder() = default;
-  virtual std::string decode(const std::vector<std::string>& tokens) const = 0;
+  virtual std::vector<std::string> decode(std::vector<std::string> tokens) const = 0;
 };
 
 void replace_all(std::string& s, std::string_view from, std::string_view to) {
@@ -974,10 +1128,9 @@ void replace_all(std::string& s, std::string_view from, std::string_view to) {
 struct WordPieceDecoder : Decoder {
   std::string prefix = "##";
   bool cleanup = true;
-  std::string decode(const std::vector<std::string>& tokens) const override {
-    std::string out;
+  std::vector<std::string> decode(std::vector<std::string> tokens) const override {
     for (size_t i = 0; i < tokens.size(); ++i) {
-      std::string t = tokens[i];
+      std::string& t = tokens[i];
       if (i != 0) {
         if (t.compare(0, prefix.size(), prefix) == 0) t.erase(0, prefix.size());  // always true for ""
         else t.insert(0, " ");
@@ -995,14 +1148,13 @@ struct WordPieceDecoder : Decoder {
         replace_all(t, " 've", "'ve");
         replace_all(t, " 're", "'re");
       }
-      out += t;
     }
-    return out;
+    return tokens;
   }
 };
 
 struct ByteLevelDecoder : Decoder {
-  std::string decode(const std::vector<std::string>& tokens) const override {
+  std::vector<std::string> decode(std::vector<std::string> tokens) const override {
     const ByteMap& m = byte_map();
     std::string bytes;
     for (const std::string& t : tokens) {
@@ -1018,17 +1170,117 @@ struct ByteLevelDecoder : Decoder {
       }
       bytes += all ? mapped : t;  // a token outside the byte alphabet passes through as its UTF-8
     }
-    return utf8_lossy(bytes);
+    return {utf8_lossy(bytes)};
   }
 };
 
-struct JoinDecoder : Decoder {  // no decoder: the tokens joined by spaces
-  std::string decode(const std::vector<std::string>& tokens) const override {
-    std::string out;
-    for (size_t i = 0; i < tokens.size(); ++i) out += (i ? " " : "") + tokens[i];
+struct ReplaceDecoder : Decoder {
+  Pattern pattern;
+  U32 content;
+  std::vector<std::string> decode(std::vector<std::string> tokens) const override {
+    for (std::string& t : tokens) t = to_utf8(pattern.replace(decode_utf8(t), content));
+    return tokens;
+  }
+};
+
+int hex_digit(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+// the byte of a "<0xXX>" token, or -1 (as Rust's u8::from_str_radix, a '+' sign may lead)
+int byte_token(const std::string& t) {
+  if (t.size() != 6 || t.compare(0, 3, "<0x") != 0 || t[5] != '>') return -1;
+  int hi = hex_digit(t[3]), lo = hex_digit(t[4]);
+  if (t[3] == '+') return lo;
+  return hi < 0 || lo < 0 ? -1 : hi * 16 + lo;
+}
+
+// runs of byte tokens become their UTF-8 text, or one U+FFFD per byte when that is not valid UTF-8
+struct ByteFallbackDecoder : Decoder {
+  std::vector<std::string> decode(std::vector<std::string> tokens) const override {
+    std::vector<std::string> out;
+    std::string bytes;
+    size_t count = 0;
+    auto flush = [&] {
+      if (!count) return;
+      if (utf8_lossy(bytes) == bytes) out.push_back(bytes);
+      else out.insert(out.end(), count, "\xEF\xBF\xBD");
+      bytes.clear();
+      count = 0;
+    };
+    for (std::string& t : tokens) {
+      int b = byte_token(t);
+      if (b >= 0) {
+        bytes += static_cast<char>(b);
+        ++count;
+      } else {
+        flush();
+        out.push_back(std::move(t));
+      }
+    }
+    flush();
     return out;
   }
 };
+
+struct FuseDecoder : Decoder {
+  std::vector<std::string> decode(std::vector<std::string> tokens) const override {
+    std::string all;
+    for (const std::string& t : tokens) all += t;
+    return {all};
+  }
+};
+
+// up to `start` leading and `stop` trailing `content` characters off each token
+struct StripDecoder : Decoder {
+  char32_t content = ' ';
+  size_t start = 0, stop = 0;
+  std::vector<std::string> decode(std::vector<std::string> tokens) const override {
+    for (std::string& t : tokens) {
+      U32 chars = decode_utf8(t);
+      size_t from = 0, to = chars.size();
+      while (from < std::min(start, chars.size()) && chars[from] == content) ++from;
+      while (chars.size() - to < stop && to > from && chars[to - 1] == content) --to;
+      t = to_utf8(chars, from, to);
+    }
+    return tokens;
+  }
+};
+
+// the replacement character back to a space; in the first token it is dropped unless nothing was
+// prepended (all of them, as the library does)
+struct MetaspaceDecoder : Decoder {
+  char32_t replacement = 0x2581;
+  Prepend prepend = Prepend::Always;
+  std::vector<std::string> decode(std::vector<std::string> tokens) const override {
+    for (size_t i = 0; i < tokens.size(); ++i) {
+      U32 out;
+      for (char32_t c : decode_utf8(tokens[i])) {
+        if (c != replacement) out += c;
+        else if (i != 0 || prepend == Prepend::Never) out += U' ';
+      }
+      tokens[i] = to_utf8(out);
+    }
+    return tokens;
+  }
+};
+
+struct SequenceDecoder : Decoder {
+  std::vector<std::unique_ptr<Decoder>> steps;
+  std::vector<std::string> decode(std::vector<std::string> tokens) const override {
+    for (const auto& step : steps) tokens = step->decode(std::move(tokens));
+    return tokens;
+  }
+};
+
+size_t count_of(const json::Value& v, std::string_view key) {
+  int64_t n = v.at(key).integer();
+  if (n < 0) throw LoadError(std::string(key) + " is negative");
+  return static_cast<size_t>(n);
+}
 
 std::unique_ptr<Decoder> load_decoder(const json::Value& v) {
   std::string type = type_of(v, "decoder");
@@ -1039,7 +1291,35 @@ std::unique_ptr<Decoder> load_decoder(const json::Value& v) {
     return d;
   }
   if (type == "ByteLevel") return std::make_unique<ByteLevelDecoder>();
-  unsupported("decoder type '" + type + "' is not supported (WordPiece and ByteLevel are)");
+  if (type == "Replace") {
+    auto d = std::make_unique<ReplaceDecoder>();
+    d->pattern = load_pattern(v.at("pattern"), "decoder Replace");
+    d->content = decode_utf8(v.at("content").str());
+    return d;
+  }
+  if (type == "ByteFallback") return std::make_unique<ByteFallbackDecoder>();
+  if (type == "Fuse") return std::make_unique<FuseDecoder>();
+  if (type == "Strip") {
+    auto d = std::make_unique<StripDecoder>();
+    d->content = one_char(v.at("content"), "decoder Strip content");
+    d->start = count_of(v, "start");
+    d->stop = count_of(v, "stop");
+    return d;
+  }
+  if (type == "Metaspace") {
+    auto d = std::make_unique<MetaspaceDecoder>();
+    d->replacement = one_char(v.at("replacement"), "decoder Metaspace replacement");
+    d->prepend = load_prepend_scheme(v);
+    return d;
+  }
+  if (type == "Sequence") {
+    auto d = std::make_unique<SequenceDecoder>();
+    for (const json::Value& step : v.at("decoders").array()) d->steps.push_back(load_decoder(step));
+    return d;
+  }
+  unsupported("decoder type '" + type +
+              "' is not supported (WordPiece, ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace and "
+              "Sequence are)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1091,7 +1371,8 @@ class Trie {
 
 struct Split {
   U32 text;
-  int64_t id = -1;  // an added token's id, or -1 for text still to tokenize
+  int64_t id = -1;     // an added token's id, or -1 for text still to tokenize
+  bool first = false;  // begins the input text
 };
 
 }  // namespace
@@ -1127,7 +1408,7 @@ struct Tokenizer::Impl {
   void load_truncation(const json::Value& t);
   void load_padding(const json::Value& p);
   void load_added_tokens(const json::Value& list);
-  void split_added(const U32& s, const Trie& trie, std::vector<Split>& out) const;
+  void split_added(const U32& s, bool first, const Trie& trie, std::vector<Split>& out) const;
   std::vector<int64_t> tokenize(const U32& text) const;
 };
 
@@ -1145,9 +1426,9 @@ size_t leading_space_end(const U32& s, size_t start) {  // regex ^\s* on s[start
 
 }  // namespace
 
-void Tokenizer::Impl::split_added(const U32& s, const Trie& trie, std::vector<Split>& out) const {
+void Tokenizer::Impl::split_added(const U32& s, bool first, const Trie& trie, std::vector<Split>& out) const {
   if (trie.empty()) {
-    if (!s.empty()) out.push_back({s, -1});
+    if (!s.empty()) out.push_back({s, -1, first});
     return;
   }
   size_t start_offset = 0;
@@ -1167,35 +1448,36 @@ void Tokenizer::Impl::split_added(const U32& s, const Trie& trie, std::vector<Sp
     }
     if (tok.lstrip) start = std::max(trailing_space_start(s, start), start_offset);
     if (tok.rstrip) stop = leading_space_end(s, stop);
-    if (start_offset < start) out.push_back({s.substr(start_offset, start - start_offset), -1});
-    out.push_back({s.substr(start, stop - start), tok.id});
+    if (start_offset < start)
+      out.push_back({s.substr(start_offset, start - start_offset), -1, first && start_offset == 0});
+    out.push_back({s.substr(start, stop - start), tok.id, false});
     start_offset = stop;
   }
-  if (start_offset < s.size()) out.push_back({s.substr(start_offset), -1});
+  if (start_offset < s.size()) out.push_back({s.substr(start_offset), -1, first && start_offset == 0});
 }
 
 std::vector<int64_t> Tokenizer::Impl::tokenize(const U32& text) const {
   std::vector<Split> raw, splits;
-  split_added(text, raw_trie, raw);
+  split_added(text, true, raw_trie, raw);
   for (Split& sp : raw) {
     if (sp.id >= 0) {
       splits.push_back(std::move(sp));
       continue;
     }
     if (normalizer) normalizer->normalize(sp.text);
-    split_added(sp.text, normalized_trie, splits);
+    split_added(sp.text, sp.first, normalized_trie, splits);
   }
   std::vector<int64_t> ids;
-  std::vector<U32> words;
+  std::vector<Piece> words;
   for (const Split& sp : splits) {
     if (sp.id >= 0) {
       ids.push_back(sp.id);
       continue;
     }
     words.clear();
-    if (pre_tokenizer) pre_tokenizer->split(sp.text, words);
-    else words.push_back(sp.text);
-    for (const U32& w : words) model->tokenize(w, ids);
+    if (pre_tokenizer) pre_tokenizer->split({sp.text, sp.first}, words);
+    else words.push_back({sp.text, sp.first});
+    for (const Piece& w : words) model->tokenize(w.text, ids);
   }
   return ids;
 }
@@ -1294,7 +1576,6 @@ Tokenizer Tokenizer::from_file(const std::string& path) {
     if (auto v = part("post_processor"))
       section("post_processor", [&] { impl->post_processor = load_post_processor(*v); });
     if (auto v = part("decoder")) section("decoder", [&] { impl->decoder = load_decoder(*v); });
-    else impl->decoder = std::make_unique<JoinDecoder>();
     if (auto v = part("truncation")) section("truncation", [&] { impl->load_truncation(*v); });
     if (auto v = part("padding")) section("padding", [&] { impl->load_padding(*v); });
     if (auto v = part("added_tokens")) section("added_tokens", [&] { impl->load_added_tokens(*v); });
@@ -1368,7 +1649,13 @@ std::string Tokenizer::decode(const std::vector<int64_t>& ids, bool skip_special
     if (skip_special_tokens && t.special_contents.count(token)) continue;
     tokens.push_back(std::move(token));
   }
-  return t.decoder->decode(tokens);
+  std::string out;
+  if (!t.decoder) {  // none: the tokens joined by spaces
+    for (size_t i = 0; i < tokens.size(); ++i) out += (i ? " " : "") + tokens[i];
+    return out;
+  }
+  for (const std::string& piece : t.decoder->decode(std::move(tokens))) out += piece;
+  return out;
 }
 
 std::optional<int64_t> Tokenizer::token_to_id(std::string_view token) const {

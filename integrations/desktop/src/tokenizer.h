@@ -1,6 +1,9 @@
-// A Hugging Face tokenizer.json reader that gives the ids the `tokenizers` library gives, for the
-// pipelines real files use: WordPiece (BERT-style normalizer and pre-tokenizer) and byte-level BPE.
-// Anything else fails at load with one line that names the file and the unsupported part.
+// A Hugging Face tokenizer.json reader that gives the ids and decoded text the `tokenizers` library
+// gives, for the pipelines real files use: WordPiece (BERT), byte-level BPE (GPT-2, Llama 3, Qwen2/3,
+// SmolLM: regex Split, Digits, NFC) and SentencePiece-style BPE with byte fallback (Gemma, Llama 2,
+// Mistral: Replace/Prepend normalizers or Metaspace; Replace, ByteFallback, Fuse, Strip decoders).
+// Regular expressions run on Oniguruma, as in `tokenizers`. Anything else fails at load with one
+// line that names the file and the unsupported part.
 #pragma once
 
 #include <cstdint>

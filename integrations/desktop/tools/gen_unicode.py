@@ -5,7 +5,7 @@ Use Python 3.11: another Python brings another Unicode version, and the code poi
 tables and the Rust `tokenizers` library disagree were measured for 3.11's (Unicode 14.0), see
 tests/integrations/test_tokenizer_native.py.
 Tables are sorted ranges so the C++ side binary-searches them; code points absent from a table
-take its default (class Other, combining class 0, no lowercase, no decomposition).
+take its default (class Other, combining class 0, no lowercase, no decomposition, composes).
 """
 
 import sys
@@ -89,11 +89,18 @@ def decompositions():
     return out
 
 
+def composition_exclusions(decomp):
+    """Two-code-point decompositions that NFC does not recompose (CompositionExclusions.txt and the
+    non-starter decompositions): the C++ side composes every other pair of kDecompositions."""
+    return [cp for cp, d in decomp if len(d) == 2 and unicodedata.normalize("NFC", chr(cp)) != chr(cp)]
+
+
 def main() -> None:
     classes = ranges(lambda cp: CLASSES.get(unicodedata.category(chr(cp))))
     ccc = ranges(lambda cp: unicodedata.combining(chr(cp)) or None)
     low_runs, low_special = lowercase_runs()
     decomp = decompositions()
+    excluded = composition_exclusions(decomp)
     assert all(len(d) <= 2 for _, d in decomp)
     # fast paths on the C++ side skip the lookups below these
     assert decomp[0][0] >= 0xC0 and ccc[0][0] >= 0x300, (hex(decomp[0][0]), hex(ccc[0][0]))
@@ -128,10 +135,14 @@ def main() -> None:
     for i in range(0, len(decomp), 6):
         lines.append("  " + ", ".join(f"{{0x{cp:X},0x{d[0]:X},{f'0x{d[1]:X}' if len(d) > 1 else 0}}}"
                                       for cp, d in decomp[i:i + 6]) + ",")
+    lines += ["};", "", f"// two-code-point decompositions NFC does not recompose, {len(excluded)} entries",
+              "static const uint32_t kCompositionExclusions[] = {"]
+    for i in range(0, len(excluded), 12):
+        lines.append("  " + ", ".join(f"0x{cp:X}" for cp in excluded[i:i + 12]) + ",")
     lines += ["};", ""]
     OUT.write_text("\n".join(lines))
     print(f"wrote {OUT}: {len(classes)} class ranges, {len(ccc)} ccc ranges, {len(low_runs)} lowercase runs, "
-          f"{len(decomp)} decompositions (Unicode {unicodedata.unidata_version})")
+          f"{len(decomp)} decompositions, {len(excluded)} composition exclusions (Unicode {unicodedata.unidata_version})")
 
 
 if __name__ == "__main__":
