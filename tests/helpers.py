@@ -92,34 +92,6 @@ def replay_golden_with_plain_engines(out) -> int:
     return checked
 
 
-def seeded_decoder_dir(out: Path, model_type: str = "llama", **overrides) -> Path:
-    """A tiny seeded causal LM (llama or qwen2) saved as a complete HF directory with a real BPE tokenizer
-    trained on the built-in prose (vocab 512): for export and equivalence tests, never for accuracy."""
-    import torch
-    import transformers
-
-    from edgec.calibration import prose
-    from edgec.zoo.train_tinylm import save_hf_dir, train_tokenizer
-
-    tok = train_tokenizer(prose.split("calib")[:8], vocab=512)
-    config_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-                             "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM)}[model_type]
-    config = config_cls(**{**dict(vocab_size=tok.get_vocab_size(), hidden_size=64, intermediate_size=128,
-                                  num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=256, bos_token_id=0, eos_token_id=1,
-                                  pad_token_id=2, tie_word_embeddings=False), **overrides})
-    torch.manual_seed(0)
-    model = model_cls(config).eval()
-    with torch.no_grad():  # HF initialises norms to one and biases to zero: make them matter
-        for name, p in model.named_parameters():
-            if name.endswith("norm.weight") or name.endswith(".bias"):
-                p.add_(0.1 * torch.randn_like(p))
-            elif p.dim() == 2:  # larger weights: sharper logits, so greedy ties are unlikely
-                p.mul_(4.0)
-    save_hf_dir(model, tok, out)
-    return out
-
-
 def assert_clean_failure(code, err, out_dir, *words):
     """Bad input: one line naming the problem, exit code 2, no traceback, no OUT left behind."""
     assert code == 2

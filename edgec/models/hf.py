@@ -11,7 +11,8 @@ from torch import nn
 
 from edgec.errors import UnsupportedModelError
 from edgec.models.encoder import ACTIVATIONS, TextEncoder, VisionEncoder
-from edgec.models.hf_llama import DECODER_TYPES, from_hf_llama
+from edgec.models import DECODER_TYPES
+from edgec.models.hf_decoder import from_hf_decoder
 
 _BERT_LAYER = {"attn.q": "attention.self.query", "attn.k": "attention.self.key",
                "attn.v": "attention.self.value", "attn.o": "attention.output.dense",
@@ -122,7 +123,7 @@ def from_hf(model: nn.Module) -> nn.Module:
     """Canonical encoder or decoder with the HF model's weights (eval mode, float32)."""
     config = model.config
     if config.model_type in DECODER_TYPES:
-        return from_hf_llama(model)
+        return from_hf_decoder(model)
     spec = family(config)
     state = {k: v.detach().float() for k, v in model.state_dict().items()}
     if spec["kind"] == "image" and "classifier.weight" not in state:
@@ -163,8 +164,10 @@ def from_hf(model: nn.Module) -> nn.Module:
 
 
 @torch.no_grad()
-def check_equivalent(hf_model: nn.Module, module: nn.Module, inputs: dict[str, torch.Tensor]) -> float:
-    """Max abs difference between the HF model and its canonical rebuild."""
+def check_equivalent(hf_model: nn.Module, module: nn.Module, inputs: dict[str, torch.Tensor],
+                     relative: bool = False) -> float:
+    """Max abs difference between the HF model and its canonical rebuild (over the HF output's largest
+    magnitude with `relative`)."""
     ours = module(*inputs.values())
     theirs = hf_model(**inputs)
     theirs = theirs.logits if hasattr(theirs, "logits") else theirs.last_hidden_state
@@ -172,4 +175,5 @@ def check_equivalent(hf_model: nn.Module, module: nn.Module, inputs: dict[str, t
     if mask is not None:  # padded rows are meaningless in both
         keep = mask[..., None].bool()
         ours, theirs = ours * keep, theirs * keep
-    return float((ours - theirs).abs().max())
+    diff = float((ours - theirs).abs().max())
+    return diff / max(float(theirs.abs().max()), 1e-12) if relative else diff

@@ -1,4 +1,4 @@
-"""FLAP on the canonical Llama decoder: whole KV groups and SwiGLU channels go, so GQA stays intact."""
+"""FLAP on the canonical decoder: whole KV groups and gated-MLP channels go, so GQA stays intact."""
 
 from __future__ import annotations
 
@@ -67,10 +67,13 @@ def prune_decoder(module: Decoder, calib_inputs: list[tuple[torch.Tensor, ...]],
     """
     if not isinstance(module, Decoder):
         raise UnsupportedModelError(f"{type(module).__name__} is not a Decoder: rebuild it with "
-                                    "edgec.models.hf_llama.from_hf_llama first")
+                                    "edgec.models.hf_decoder.from_hf_decoder first")
     if config.refit or config.prune_layers:
         raise InputError("refit and prune_layers are not supported for decoders: "
                          "prune with refit=False and prune_layers=False")
+    if any(b.attn.qk_norm == "full" for b in module.layers):
+        raise InputError("this decoder normalises queries and keys across all heads (OLMo 2), so removing a head "
+                         "would change the others: export it without --prune")
     new = copy.deepcopy(module).eval()
     blocks = list(new.layers)
     flap = config.method == "flap" and config.ratio > 0
