@@ -54,7 +54,7 @@ def main() -> None:
     from edgec.calibration import prose
     from edgec.exporters.executorch_llm import export_llm_pte
     from edgec.exporters.onnx_genai import export_genai
-    from edgec.models.hf_llama import from_hf_llama
+    from edgec.models.hf_decoder import from_hf_decoder
     from edgec.runtimes.machine import machine_info
     from edgec.runtimes.tokens import TokenBytes
     from edgec.toolchain.lm_speed import measure
@@ -64,7 +64,7 @@ def main() -> None:
         src = seeded_dir(tmp / "model", args.layers, args.hidden)
         hf = transformers.AutoModelForCausalLM.from_pretrained(src)
         params = sum(p.numel() for p in hf.parameters())
-        module = from_hf_llama(hf)
+        module = from_hf_decoder(hf)
         info = {"bos_token_id": 0, "eos_token_ids": [1], "pad_token_id": 2, "context_length": args.context,
                 "vocab_size": 32000}
         prompt = TokenBytes(src / "tokenizer.json").encode(prose.split("heldout")[0])[:64]

@@ -55,7 +55,7 @@ def main() -> None:
     from edgec.calibration import prose
     from edgec.exporters.executorch_llm import export_llm_pte
     from edgec.exporters.onnx_genai import export_genai
-    from edgec.models.hf_llama import from_hf_llama
+    from edgec.models.hf_decoder import from_hf_decoder
     from edgec.runtimes import runtime
     from edgec.runtimes.llm import Sampling
     from edgec.runtimes.tokens import TokenBytes
@@ -68,7 +68,7 @@ def main() -> None:
         for name in args.models.split(","):
             src = ZOO[name].locate() if name in ZOO else _seeded(tmp / name, name)
             hf = load_hf_lm(src)
-            module = from_hf_llama(hf)
+            module = from_hf_decoder(hf)
             info = {"bos_token_id": hf.config.bos_token_id, "eos_token_ids": [hf.config.eos_token_id],
                     "pad_token_id": hf.config.pad_token_id, "context_length": CONTEXT,
                     "vocab_size": hf.config.vocab_size}

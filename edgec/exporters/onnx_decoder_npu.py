@@ -2,7 +2,8 @@
 
 NPUs compile one shape, so the graph takes `chunk` tokens, the whole cache
 (`context` slots per layer) and an additive mask over cache slots plus the
-chunk itself; rotary rows come in from the host. It returns only the chunk's
+chunk itself (one more per sliding window shorter than the context); rotary
+rows (one set per RoPE table) come in from the host. It returns only the chunk's
 new keys and values, which the host writes into its cache: no cache-sized
 copy goes through the graph. Activations are 16-bit and weights int8 per
 channel (A16W8); the cache tensors are graph inputs and outputs in uint16,
@@ -34,26 +35,46 @@ SCORE_FLOOR = 30.0  # masked scores clip this far below the lowest real score: w
 class _ChunkGraph(nn.Module):
     """Decoder.run with a cache callback: attend over past slots + the chunk, return the chunk's entries."""
 
-    def __init__(self, module: Decoder):
+    def __init__(self, module: Decoder, windows: list[int | None]):
         super().__init__()
-        self.module = module
+        self.module, self.windows = module, windows
+        self.tables = len(module.rope_scale)  # cos and sin inputs per RoPE table
+        self.kinds = list(dict.fromkeys(windows))  # one mask input per distinct window, in this order
 
-    def forward(self, input_ids, cos, sin, mask, *past):
+    def forward(self, input_ids, *rest):
+        t = self.tables
+        cos, sin, rest = list(rest[:2 * t:2]), list(rest[1:2 * t:2]), rest[2 * t:]  # lists: no Gather
+        masks, past = rest[:len(self.kinds)], rest[len(self.kinds):]
         new: list[torch.Tensor] = []
 
         def cache(i: int, k: torch.Tensor, v: torch.Tensor):
             new.extend((k, v))
             return torch.cat([past[2 * i], k], dim=2), torch.cat([past[2 * i + 1], v], dim=2)
 
-        return (self.module.run(input_ids, cos, sin, mask, cache), *new)
+        per_layer = [masks[self.kinds.index(w)] for w in self.windows]
+        return (self.module.run(input_ids, cos, sin, per_layer, cache), *new)
+
+
+def windows_within(module: Decoder, context: int) -> list[int | None]:
+    """Each layer's sliding window where it hides something in `context` positions, else None."""
+    return [w if w is not None and w < context else None for w in module.windows]
+
+
+def mask_name(window: int | None) -> str:
+    return "mask" if window is None else f"mask_w{window}"
+
+
+def rope_names(table: int) -> tuple[str, str]:
+    return ("cos", "sin") if table == 0 else (f"cos{table}", f"sin{table}")
 
 
 def _io(module: Decoder, context: int, chunk: int) -> tuple[list[dict], list[dict]]:
     d = module.layers[0].attn.head_dim
-    inputs = [{"name": "input_ids", "shape": [1, chunk], "dtype": "int32"},
-              {"name": "cos", "shape": [chunk, d], "dtype": "float32"},
-              {"name": "sin", "shape": [chunk, d], "dtype": "float32"},
-              {"name": "mask", "shape": [1, 1, chunk, context + chunk], "dtype": "float32"}]
+    inputs = [{"name": "input_ids", "shape": [1, chunk], "dtype": "int32"}]
+    inputs += [{"name": name, "shape": [chunk, d], "dtype": "float32"}
+               for t in range(len(module.rope_scale)) for name in rope_names(t)]
+    inputs += [{"name": mask_name(w), "shape": [1, 1, chunk, context + chunk], "dtype": "float32"}
+               for w in dict.fromkeys(windows_within(module, context))]
     outputs = [{"name": "logits", "shape": [1, chunk, module.lm_head.out_features], "dtype": "float32"}]
     for i, layer in enumerate(module.layers):
         for kind in ("key", "value"):
@@ -71,10 +92,13 @@ def export_float_decoder(module: Decoder, out_path: Path, context: int, chunk: i
                          f"({module.max_pos}): pick a smaller --context or --chunk")
     inputs, outputs = _io(module, context, chunk)
     example = {t["name"]: np.zeros(t["shape"], t["dtype"]) for t in inputs}
-    export_onnx(_ChunkGraph(module.eval()), example, [t["name"] for t in outputs], Path(out_path))
+    windows = windows_within(module, context)
+    export_onnx(_ChunkGraph(module.eval(), windows), example, [t["name"] for t in outputs], Path(out_path))
     d = inputs[1]["shape"][1]
     return {"kind": CHUNKED_KIND, "context": context, "chunk": chunk, "inputs": inputs, "outputs": outputs,
-            "rope": {"theta": module.rope_theta, "head_dim": d, "layout": "half-split"},
+            "rope": {"inv_freq": module.inv_freq.tolist(), "attention_factor": module.rope_scale, "head_dim": d,
+                     "layout": "half-split", "inputs": [list(rope_names(t)) for t in range(len(module.rope_scale))]},
+            "masks": [{"name": mask_name(w), "window": w} for w in dict.fromkeys(windows)],
             "mask_value": module.mask_value,
             "host_loop": (f"edgec.runtimes.htp_llm: prefill {chunk} tokens per run; decode runs the same "
                           f"graph with one token, the chunk padded with copies of it"),
@@ -84,7 +108,9 @@ def export_float_decoder(module: Decoder, out_path: Path, context: int, chunk: i
                                  "into past_X.i[:, :, p:p+n] as is (same dtype and scale)"),
                       "mask": ("mask[0, 0, r, j] = 0 where row r may attend, else mask_value: cache slots "
                                "j < p, and the chunk's own entries at j = context + c for c <= r; rows past "
-                               "the real tokens copy the last one (id, position, mask row)")}}
+                               "the real tokens copy the last one (id, position, mask row). mask_wW, for the "
+                               "layers with a sliding window of W: the same, less the keys at positions "
+                               "<= the row's position - W")}}
 
 
 def quantize_decoder(float_path: Path, out_path: Path, contract: dict, feeds: list[dict]) -> dict:
@@ -130,7 +156,7 @@ def _floor_masked_scores(model: onnx.ModelProto, ranges: dict[str, list[dict]]) 
     A range down to -1e4 would leave 0.15 per 16-bit step; clipped SCORE_FLOOR below the
     lowest unmasked score, a masked key still gets weight below e**-30, at steps of ~1e-3.
     """
-    mask_like = {"mask"}
+    mask_like = {i.name for i in model.graph.input if i.name == "mask" or i.name.startswith("mask_w")}
     for node in model.graph.node:  # the mask, repeated per query group
         if node.op_type == "Concat" and set(node.input) <= mask_like:
             mask_like.add(node.output[0])

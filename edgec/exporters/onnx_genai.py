@@ -18,7 +18,7 @@ import torch
 
 from edgec.errors import ExportError, InputError
 from edgec.exporters.artifact import Artifact
-from edgec.models.decoder import Decoder, rope_at
+from edgec.models.decoder import Decoder
 
 OPSET = 21
 WEIGHT_BITS = {"float": None, "int8": 8, "int4": 4}
@@ -35,22 +35,23 @@ class GenaiStep(torch.nn.Module):
         self.module = module
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
-        m, s, t = self.module, input_ids.shape[1], attention_mask.shape[1]
+        m = self.module
         # computed at the positions, not gathered from a [max_pos, D] table: long contexts would put megabytes
         # of table into the graph (and into every stage cut from it)
-        cos, sin = rope_at(position_ids, m.inv_freq)
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # [B, 1, S, D]: per-row positions (left padding)
-        # new token i sits in slot t - s + i: it sees earlier slots that the attention mask keeps
-        later = (torch.arange(t)[None, :] > torch.arange(s)[:, None] + (t - s)).to(torch.float32)
-        padded = (1 - attention_mask.to(torch.float32))[:, None, None, :]
-        mask_add = torch.clamp(later + padded, max=1.0) * m.mask_value  # [B, 1, S, T]
+        cos, sin = m.rope(position_ids)
+        cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)  # [tables, B, 1, S, D]: per-row positions (left padding)
+        # a key's position counts the real slots before it; a query sees the keys at or before its position
+        # (within a sliding window where the layer has one) that the attention mask keeps
+        keep = attention_mask.to(torch.bool)[:, None, :]
+        k_pos = attention_mask.cumsum(-1) - 1
+        masks = [(seen & keep).unsqueeze(1) for seen in m.masks(position_ids, k_pos)]  # [B, 1, S, T] each
         presents = []
 
         def grow(i, k, v):
             k, v = torch.cat([past[2 * i], k], dim=2), torch.cat([past[2 * i + 1], v], dim=2)
             presents.extend((k, v))
             return k, v
-        return (m.run(input_ids, cos, sin, mask_add, grow), *presents)
+        return (m.run(input_ids, cos, sin, masks, grow), *presents)
 
 
 def io_names(n_layers: int) -> tuple[list[str], list[str]]:
@@ -61,9 +62,10 @@ def io_names(n_layers: int) -> tuple[list[str], list[str]]:
 
 
 def export_genai(module: Decoder, hf_config, tokenizer_dir: Path, out_dir: Path,
-                 weights: str = "float", context: int | None = None) -> Artifact:
+                 weights: str = "float", context: int | None = None, threads: int | None = None) -> Artifact:
     """Write model.onnx (+ .data), genai_config.json and the tokenizer files into `out_dir`;
-    `context` (default: the model's positions) is the longest sequence GenAI will run."""
+    `context` (default: the model's positions) is the longest sequence GenAI will run; `threads`, when
+    given, is written into genai_config.json (else the runtime picks, so a bigger device uses its cores)."""
     if weights not in WEIGHT_BITS:
         raise InputError(f"unknown weights '{weights}' for ONNX Runtime GenAI: use one of {', '.join(WEIGHT_BITS)}")
     kv_heads = {layer.attn.kv_heads for layer in module.layers}
@@ -81,30 +83,34 @@ def export_genai(module: Decoder, hf_config, tokenizer_dir: Path, out_dir: Path,
         _quantize(path, path, WEIGHT_BITS[weights])
     for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer_dir / name, out_dir / name)
-    config = genai_config(module, hf_config, context or module.max_pos)
+    config = genai_config(module, hf_config, context or module.max_pos, threads)
     (out_dir / "genai_config.json").write_text(json.dumps(config, indent=2))
-    return Artifact(path, "onnx", "ort-genai", manifest=_engine(weights))
+    return Artifact(path, "onnx", "ort-genai", manifest=_engine(weights, module.attention()))
 
 
-def _engine(weights: str) -> dict:
+def _engine(weights: str, attention: list[dict]) -> dict:
+    """`attention`: each layer's score scale, soft cap and window, for a runtime that cuts the graph at its
+    attention cores and computes attention itself (the tiered KV cache)."""
     return {"engine": {"reader": "ONNX Runtime GenAI: og.Model(the folder holding this file)",
-                       "config": "genai_config.json", "weights": weights,
+                       "config": "genai_config.json", "weights": weights, "attention": attention,
                        "cache": ("past_key_values.%d.key/value in, present.%d.key/value = past + new out, "
                                  "[batch, kv_heads, sequence, head_dim]; attention_mask covers past + new")}}
 
 
-def quantize_genai(bundle: Path, out_dir: Path, weights: str) -> Artifact:
-    """The float bundle `bundle` with int8 or int4 weights, in `out_dir`: variants without re-tracing."""
+def quantize_genai(bundle: Artifact, out_dir: Path, weights: str) -> Artifact:
+    """The float bundle of `bundle` (export_genai's artifact) with int8 or int4 weights, in `out_dir`:
+    variants without re-tracing."""
     if WEIGHT_BITS.get(weights) is None:
         raise InputError(f"cannot quantize to '{weights}': use int8 or int4")
-    bundle, out_dir = Path(bundle), Path(out_dir)
+    attention = bundle.manifest["engine"]["attention"]
+    bundle, out_dir = bundle.path.parent, Path(out_dir)
     if not (bundle / "genai_config.json").is_file():
         raise InputError(f"{bundle} is no ONNX Runtime GenAI bundle (no genai_config.json); export it first")
     out_dir.mkdir(parents=True, exist_ok=True)
     _quantize(bundle / MODEL_FILE, out_dir / MODEL_FILE, WEIGHT_BITS[weights])
     for name in ("genai_config.json", *TOKENIZER_FILES):
         shutil.copyfile(bundle / name, out_dir / name)
-    return Artifact(out_dir / MODEL_FILE, "onnx", "ort-genai", manifest=_engine(weights))
+    return Artifact(out_dir / MODEL_FILE, "onnx", "ort-genai", manifest=_engine(weights, attention))
 
 
 def _example(module: Decoder, batch: int = 2, seq: int = 3, past: int = 4) -> tuple[torch.Tensor, ...]:
@@ -201,7 +207,7 @@ def _fold_transposed_weights(model) -> None:
         graph.node.remove(n)
 
 
-def genai_config(module: Decoder, hf_config, context: int) -> dict:
+def genai_config(module: Decoder, hf_config, context: int, threads: int | None = None) -> dict:
     """The genai_config.json GenAI 0.18 reads: what its model builder writes, for a concat-style graph."""
     attn, eos = module.layers[0].attn, _token_id(hf_config, "eos_token_id")
     return {
@@ -214,7 +220,7 @@ def genai_config(module: Decoder, hf_config, context: int) -> dict:
             "vocab_size": module.embed.num_embeddings,
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": [],
-                                    "intra_op_num_threads": 2, "inter_op_num_threads": 1},
+                                    **({"intra_op_num_threads": threads} if threads else {})},
                 "filename": MODEL_FILE,
                 "head_size": attn.head_dim,
                 "hidden_size": module.embed.embedding_dim,

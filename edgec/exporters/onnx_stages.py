@@ -18,7 +18,9 @@ j*g + r at new token s), k and v are [1, kv_heads, S, D] after RoPE; ctx is
 the attention output [1, S, heads*D] the o-projection reads. The cut points
 are found from the graph's structure: `present.i.key = Concat(past, k)`, the
 score MatMul reading it, the MatMul reading `present.i.value`, then the
-o-projection and the residual Add after it.
+o-projection and the residual Add below it (after a post-attention norm, where
+the family has one). q is taken before the score scale: the runtime applies
+each layer's scale, soft cap and sliding window (stages.json's `layers`).
 """
 
 from __future__ import annotations
@@ -76,19 +78,34 @@ def cut_points(graph, n_layers: int) -> list[dict]:
         score = g.follow(f"present.{i}.key", ("MatMul",), "the attention scores")
         pv = g.only(f"present.{i}.value", "the attention-weighted values")
         o_proj = g.follow(pv.output[0], LINEAR, "the o-projection")
-        flow, node = o_proj.output[0], g.only(o_proj.output[0], "the residual add")
-        while node.op_type == "Add" and any(t in g.constants for t in node.input):  # the o-projection's bias
-            flow, node = node.output[0], g.only(node.output[0], "the residual add")
-        if node.op_type != "Add" or len(node.input) != 2:
+        x = _residual(graph, g, o_proj)
+        if x is None:
             raise ExportError(f"cannot cut the decoder graph: no residual Add after layer {i}'s o-projection")
-        x = node.input[0] if node.input[1] == flow else node.input[1]
         layers.append({"x": x, "q": score.input[0], "k": cat_k.input[1], "v": cat_v.input[1],
                        "ctx": o_proj.input[0]})
     return layers
 
 
-def cut_stages(model_path: Path, genai_config: dict, out_dir: Path, progress=None) -> dict:
-    """Write stage_000.onnx .. stage_L.onnx (weights as external data beside each) and stages.json."""
+def _residual(graph, g: _Graph, o_proj) -> str | None:
+    """The stream the attention output is added to: the other input of the first Add below the o-projection
+    that is fed from outside what the o-projection computes (its bias and a post-norm are inside it)."""
+    below = set(o_proj.output)
+    order = list(graph.node)
+    for node in order[order.index(o_proj) + 1:]:  # nodes are in topological order
+        inside = [t in below for t in node.input]
+        if not any(inside):
+            continue
+        outside = [t for t, inn in zip(node.input, inside) if not inn and t not in g.constants]
+        if node.op_type == "Add" and len(node.input) == 2 and len(outside) == 1:
+            return outside[0]
+        below.update(node.output)
+    return None
+
+
+def cut_stages(model_path: Path, genai_config: dict, out_dir: Path, attention: list[dict] | None = None,
+               progress=None) -> dict:
+    """Write stage_000.onnx .. stage_L.onnx (weights as external data beside each) and stages.json;
+    `attention` is each layer's score scale, soft cap and window (default: head_size ** -0.5, none, none)."""
     import onnx
     from onnx.utils import Extractor
 
@@ -119,10 +136,12 @@ def cut_stages(model_path: Path, genai_config: dict, out_dir: Path, progress=Non
                   size_threshold=1024)
         if progress is not None:
             progress(i + 1, n + 1)
-    spec = {"format": "edgec decoder stages", "version": 2, "source": str(model_path),
+    d = int(decoder["head_size"])
+    attention = attention or [{"scale": d ** -0.5, "softcap": None, "window": None}] * n
+    spec = {"format": "edgec decoder stages", "version": 3, "source": str(model_path),
             "stages": [stage_file(i) for i in range(n + 1)],
             "layers": [{"heads": int(decoder["num_attention_heads"]), "kv_heads": int(decoder["num_key_value_heads"]),
-                        "head_dim": int(decoder["head_size"])}] * n,
+                        "head_dim": d, **attention[i]} for i in range(n)],
             "vocab": int(genai_config["model"]["vocab_size"]),
             "max_positions": int(genai_config["model"]["context_length"])}
     (out_dir / SPEC_FILE).write_text(json.dumps(spec, indent=2))

@@ -62,13 +62,21 @@ class ExecutorchLM:
         return self._feed(ids, 0)
 
     def _feed(self, ids: np.ndarray, start: int) -> np.ndarray:
-        """Logits [n, vocab] for `ids` at positions start.., in chunks the program takes."""
-        out = []
+        """Logits [n, vocab] for `ids` at positions start..: one token per call, since `forward` returns the
+        last position's logits only."""
+        out = np.empty((len(ids), self.vocab), np.float32)
+        for at in range(len(ids)):
+            token = torch.from_numpy(np.ascontiguousarray(ids[at: at + 1]))[None]
+            pos = torch.tensor([start + at], dtype=torch.long)
+            out[at] = self._forward.execute([token, pos])[0].numpy().reshape(-1)
+        return out
+
+    def _prefill(self, ids: np.ndarray) -> np.ndarray:
+        """The last position's logits after `ids` from position 0, in chunks the program takes."""
         for at in range(0, len(ids), self.chunk):
             chunk = torch.from_numpy(np.ascontiguousarray(ids[at: at + self.chunk]))[None]
-            pos = torch.arange(start + at, start + at + chunk.shape[1], dtype=torch.long)
-            out.append(self._forward.execute([chunk, pos])[0][0].numpy().copy())
-        return np.concatenate(out)
+            logits = self._forward.execute([chunk, torch.arange(at, at + chunk.shape[1], dtype=torch.long)])[0]
+        return logits.numpy().reshape(-1).copy()
 
     def generate(self, ids: list[int], max_new_tokens: int, sampling: Sampling,
                  on_text: OnText | None = None) -> Generation:
@@ -104,7 +112,7 @@ class ExecutorchLM:
 
     def _sampled(self, ids: list[int], sampling: Sampling, out: "_Sink") -> None:
         rng = np.random.default_rng(sampling.seed)
-        logits, pos = self._feed(np.asarray(ids, np.int64), 0)[-1], len(ids)
+        logits, pos = self._prefill(np.asarray(ids, np.int64)), len(ids)
         while not out.add(t := sample(logits, sampling, rng)):
             logits, pos = self._feed(np.asarray([t], np.int64), pos)[-1], pos + 1
 

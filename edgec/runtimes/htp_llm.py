@@ -24,12 +24,14 @@ from edgec.runtimes.tokens import TokenBytes
 RUNTIMES = ("qnn-htp", "ort-cpu")
 
 
-def rope_rows(theta: float, head_dim: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin rows [len(positions), head_dim] for the half-split rotary layout (as Decoder's tables)."""
-    inv_freq = 1.0 / (np.float32(theta) ** (np.arange(0, head_dim, 2, dtype=np.float32) / np.float32(head_dim)))
-    freqs = positions.astype(np.float32)[:, None] * inv_freq.astype(np.float32)[None]
+def rope_rows(rope: dict, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin rows [tables, len(positions), head_dim] for the half-split rotary layout, from the
+    contract's inverse frequencies and attention factors (as Decoder.rope)."""
+    inv_freq = np.asarray(rope["inv_freq"], np.float32)  # [tables, head_dim / 2]
+    freqs = positions.astype(np.float32)[None, :, None] * inv_freq[:, None, :]
     emb = np.concatenate([freqs, freqs], axis=-1)
-    return np.cos(emb).astype(np.float32), np.sin(emb).astype(np.float32)
+    factor = np.asarray(rope["attention_factor"], np.float32)[:, None, None]
+    return (np.cos(emb) * factor).astype(np.float32), (np.sin(emb) * factor).astype(np.float32)
 
 
 class ChunkedLM:
@@ -42,8 +44,7 @@ class ChunkedLM:
         self._bytes = token_bytes or (lambda token: b"")
         self.context, self.chunk = contract["context"], contract["chunk"]
         self.eos = set(eos)
-        self._cos, self._sin = rope_rows(contract["rope"]["theta"], contract["rope"]["head_dim"],
-                                         np.arange(self.context))
+        self._cos, self._sin = rope_rows(contract["rope"], np.arange(self.context))
         self.reset()
 
     def reset(self) -> None:
@@ -58,12 +59,19 @@ class ChunkedLM:
         n, c, t = len(ids), self.chunk, self.context
         rows = np.minimum(np.arange(c), n - 1)  # row r stands for token min(r, n-1)
         positions = self.pos + rows
-        mask = np.full((c, t + c), self.contract["mask_value"], np.float32)
-        mask[:, :self.pos] = 0.0
-        mask[:, t:][np.arange(c)[None, :] <= rows[:, None]] = 0.0
-        return {"input_ids": np.asarray(ids, np.int32)[rows][None],
-                "cos": self._cos[positions], "sin": self._sin[positions],
-                "mask": mask[None, None], **self.cache}
+        # key positions: cache slot j is position j, the chunk's entry c is position pos + c
+        keys = np.concatenate([np.arange(t), self.pos + np.arange(c)])
+        seen = np.zeros((c, t + c), bool)
+        seen[:, :self.pos] = True
+        seen[:, t:] = np.arange(c)[None, :] <= rows[:, None]
+        masks = {}
+        for m in self.contract["masks"]:
+            visible = seen if m["window"] is None else seen & (keys[None, :] > positions[:, None] - m["window"])
+            masks[m["name"]] = np.where(visible, 0.0, self.contract["mask_value"]).astype(np.float32)[None, None]
+        rope = {}
+        for t, (cos, sin) in enumerate(self.contract["rope"]["inputs"]):
+            rope[cos], rope[sin] = self._cos[t, positions], self._sin[t, positions]
+        return {"input_ids": np.asarray(ids, np.int32)[rows][None], **rope, **masks, **self.cache}
 
     def step(self, ids: list[int], record: list | None = None) -> np.ndarray:
         """Runs one chunk, writes its new keys/values into the cache; logits [len(ids), vocab]."""

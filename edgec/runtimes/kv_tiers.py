@@ -93,11 +93,21 @@ class StepStats:
         return self.recall_hits / self.recall_total if self.recall_total else float("nan")
 
 
-class _Online:
-    """Softmax(q k^T) v accumulated part by part (flash-attention style), float32."""
+def _hidden(pos: np.ndarray, row_pos: np.ndarray, window: int | None) -> np.ndarray:
+    """An additive mask [rows, T]: -inf for keys after a row's position or, with a sliding window, at or
+    before position - window."""
+    hidden = pos[None, :] > row_pos[:, None]
+    if window is not None:
+        hidden |= pos[None, :] <= row_pos[:, None] - window
+    return np.where(hidden, -np.inf, 0).astype(np.float32)
 
-    def __init__(self, q: np.ndarray):
-        self.q = q  # [kvh, R, D], already scaled
+
+class _Online:
+    """Softmax(q k^T) v accumulated part by part (flash-attention style), float32; scores bounded by
+    softcap * tanh(s / softcap) where the layer has a soft cap (Gemma 2)."""
+
+    def __init__(self, q: np.ndarray, softcap: float | None = None):
+        self.q, self.softcap = q, softcap  # q [kvh, R, D], already scaled
         self.qt = np.ascontiguousarray(q.transpose(0, 2, 1))
         kvh, rows, d = q.shape
         self.m = np.full((kvh, rows, 1), -np.inf, np.float32)
@@ -106,6 +116,8 @@ class _Online:
 
     def add(self, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None) -> None:
         s = np.matmul(k, self.qt).transpose(0, 2, 1)  # k [kvh, T, D] as stored: a gemv per head, no copy
+        if self.softcap is not None:
+            s = np.tanh(s / np.float32(self.softcap)) * np.float32(self.softcap)
         if mask is not None:
             s += mask
         m = np.maximum(self.m, s.max(axis=-1, keepdims=True))
@@ -177,6 +189,10 @@ class TieredKV:
                              f"decoder has {sorted(shapes)}")
         (self.kv_heads, self.dim), = shapes
         self.groups = [l["heads"] // l["kv_heads"] for l in layers]
+        # stages cut before the per-layer settings were recorded are plain Llama attention
+        self.scale = [l.get("scale") or l["head_dim"] ** -0.5 for l in layers]
+        self.softcap = [l.get("softcap") for l in layers]
+        self.window = [l.get("window") for l in layers]
         self.stats = StepStats()
         self.audit = False  # top-k: also measure the recall of the selection
         c = options.chunk
@@ -306,19 +322,20 @@ class TieredKV:
         """q [heads, S, D] at positions start .. start+S-1 (already appended) -> context [S, heads * D]."""
         layer, g = self.layers[i], self.groups[i]
         heads, s, d = q.shape
-        qg = (q.reshape(layer.kv_heads, g * s, d) * np.float32(d ** -0.5)).astype(np.float32)
+        qg = (q.reshape(layer.kv_heads, g * s, d) * np.float32(self.scale[i])).astype(np.float32)
         row_pos = np.tile(np.arange(start, start + s), g)  # row r*S + j is query position start + j
-        acc = _Online(qg)
+        acc = _Online(qg, self.softcap[i])
+        window = self.window[i]
         if self.o.policy == "topk" and s == 1:
             resident, offloaded = self._select(i, qg)
         else:
             resident = [c for c in layer.chunks if c.slot is not None]
             offloaded = [c for c in layer.chunks if c.slot is None]
-        self._attend_arena(acc, layer, resident, row_pos, s)
+        self._attend_arena(acc, layer, resident, row_pos, s, window)
         for batch in self._stream(i, offloaded):  # what has arrived, in one product
             k = np.concatenate([kv[0] for _, kv in batch], 1) if len(batch) > 1 else batch[0][1][0]
             v = np.concatenate([kv[1] for _, kv in batch], 1) if len(batch) > 1 else batch[0][1][1]
-            acc.add(k, v, self._mask([c for c, _ in batch], row_pos, start))
+            acc.add(k, v, self._mask([c for c, _ in batch], row_pos, start, window))
             for _, kv in batch:
                 self._release(kv[2])
         self.stats.chunks_attended += len(resident) + len(offloaded) + 1
@@ -326,14 +343,17 @@ class TieredKV:
         return np.ascontiguousarray(out.transpose(1, 0, 2)).reshape(s, heads * d)
 
     @staticmethod
-    def _mask(chunks: list[Chunk], row_pos: np.ndarray, start: int) -> np.ndarray | None:
-        """Causal inside chunks laid side by side that hold some of the new tokens; None for the others."""
-        if all(c.end <= start for c in chunks):
+    def _mask(chunks: list[Chunk], row_pos: np.ndarray, start: int, window: int | None) -> np.ndarray | None:
+        """Causal inside chunks laid side by side that hold some of the new tokens, and the sliding window;
+        None where neither hides anything."""
+        if all(c.end <= start for c in chunks) and (window is None or
+                                                    all(c.start > row_pos.max() - window for c in chunks)):
             return None
         pos = np.concatenate([np.arange(c.start, c.end) for c in chunks])
-        return np.where(pos[None, :] > row_pos[:, None], -np.inf, 0).astype(np.float32)
+        return _hidden(pos, row_pos, window)
 
-    def _attend_arena(self, acc: _Online, layer: _Layer, chunks: list[Chunk], row_pos: np.ndarray, s: int) -> None:
+    def _attend_arena(self, acc: _Online, layer: _Layer, chunks: list[Chunk], row_pos: np.ndarray, s: int,
+                      window: int | None) -> None:
         """The open chunk and the resident `chunks`: the whole arena when that is what is attended, else the
         gathered columns; column blocks keep the scores small for long prompts."""
         if len(chunks) == len(layer.resident):
@@ -345,8 +365,7 @@ class TieredKV:
         block = max(layer.chunk, (1 << 22) // max(acc.q.shape[1] * layer.kv_heads, 1) // layer.chunk * layer.chunk)
         for a in range(0, pos.size, block):
             p = pos[a:a + block]
-            mask = np.where(p[None, :] > row_pos[:, None], -np.inf, 0).astype(np.float32) \
-                if s > 1 or (p == EMPTY).any() else None
+            mask = _hidden(p, row_pos, window) if s > 1 or window is not None or (p == EMPTY).any() else None
             acc.add(k[:, a:a + block], v[:, a:a + block], mask)
 
     def _select(self, i: int, qg: np.ndarray) -> tuple[list[Chunk], list[Chunk]]:

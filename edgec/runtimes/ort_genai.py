@@ -10,6 +10,7 @@ back instead of decoded to a replacement character.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,6 @@ from edgec.errors import BackendError, InputError
 from edgec.runtimes.llm import Generation, OnText, Recorder, Sampling
 from edgec.runtimes.tokens import TokenBytes
 
-THREADS = 2
 WINDOW = 256  # tokens per scoring pass: the [S, T] attention scores stay small
 
 
@@ -31,7 +31,9 @@ class GenaiSession:
         self.bundle = bundle
         config = json.loads((bundle / "genai_config.json").read_text())["model"]
         self.context = int(config["context_length"])
-        self.threads = int(config["decoder"].get("session_options", {}).get("intra_op_num_threads", THREADS))
+        # a bundle sets no thread count unless its recipe did: ONNX Runtime then uses every core it may
+        self.threads = int(config["decoder"].get("session_options", {}).get("intra_op_num_threads", 0)) or \
+            len(os.sched_getaffinity(0))
         self._model_file = bundle / config["decoder"]["filename"]
         self._model = _loaded(bundle, lambda: og.Model(str(bundle)))
         self._scorer = None  # a second copy of the weights: only once something is scored

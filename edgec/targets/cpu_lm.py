@@ -2,7 +2,7 @@
 
 The shipped pair is quantized (recipe `weights`: int4 by default, MatMulNBits
 weight-only in the ONNX, 8-bit dynamic activations with 4-bit grouped weights
-in the `.pte`); the float ONNX they start from is measured beside them, so the
+in the `.pte`; int8 means 8-bit weights in both); the float ONNX they start from is measured beside them, so the
 report can say what quantization cost and bought.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from edgec.targets.base import Build, Built
 from edgec.tasks.generation import context
 
-PTE_WEIGHTS = {"int4": "8da4w", "int8": "8da4w", "float": "float"}
+PTE_WEIGHTS = {"int4": "8da4w", "int8": "8da8w", "float": "float"}
 
 
 def build_cpu_lm(job: Build, module, out_dir: Path) -> Built:
@@ -25,11 +25,13 @@ def build_cpu_lm(job: Build, module, out_dir: Path) -> Built:
     compare = recipe.compare_quantized_only and weights != "float"
     with job.progress.step(f"export ONNX for ONNX Runtime GenAI ({weights} weights, context {ctx})"):
         float_dir = job.scratch / "float-genai" if weights != "float" else out_dir
-        float_onnx = export_genai(module, cfg, job.model.source_dir, float_dir, weights="float", context=ctx)
-        onnx_art = float_onnx if weights == "float" else quantize_genai(float_dir, out_dir, weights)
+        float_onnx = export_genai(module, cfg, job.model.source_dir, float_dir, weights="float", context=ctx,
+                                  threads=recipe.genai_threads)
+        onnx_art = float_onnx if weights == "float" else quantize_genai(float_onnx, out_dir, weights)
     pte_weights = PTE_WEIGHTS[weights]
     with job.progress.step(f"export ExecuTorch program, static KV cache of {ctx} ({pte_weights})"):
-        pte_art = export_llm_pte(module, cfg, out_dir / "model.pte", ctx, weights=pte_weights)
+        pte_art = export_llm_pte(module, cfg, out_dir / "model.pte", ctx, weights=pte_weights,
+                                 num_bos=job.task.generation_info(job.model, recipe)["num_bos"])
     # the float ONNX is built anyway: measured beside the shipped pair, it shows what quantization cost
     # (a float .pte would add a minute of lowering for the same float figures: bench/llm_decode_speed.py
     # compares the two programs)

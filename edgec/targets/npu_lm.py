@@ -20,6 +20,7 @@ from edgec.targets.base import Build, Built
 from edgec.tasks.generation import context
 
 DEFAULT_CHUNK = 32
+RECORDED_CHUNKS = 4  # chunk runs per calibration window the quantizer sees
 
 
 def build_npu_lm(job: Build, module, out_dir: Path) -> Built:
@@ -63,16 +64,22 @@ def export_decoder_npu(module, out_path: Path, context: int, chunk: int,
 
 def calibration_feeds(float_path: Path, contract: dict, calib_ids: list[np.ndarray]) -> list[dict]:
     """The inputs the host loop gives the float graph while prefilling each text (cache included): the
-    quantizer's calibration data comes from running the float graph the way the runtime will."""
+    quantizer's calibration data comes from running the float graph the way the runtime will.
+
+    Each window is prefilled whole, so every position of the context is reached, and RECORDED_CHUNKS of
+    its chunk runs are kept, a different set in each window: each run carries the whole cache, so
+    keeping all of a 512-token window's 16 would take gigabytes."""
     from edgec.runtimes.htp_llm import ChunkedLM
     from edgec.runtimes.ort_cpu import load
 
     session = load(float_path)
     lm = ChunkedLM(lambda f: dict(zip(session.output_names, session.run(f))), contract)
     feeds: list[dict] = []
-    for ids in calib_ids:
+    for w, ids in enumerate(calib_ids):
         ids = [int(i) for i in np.asarray(ids).reshape(-1)[:contract["context"]]]
-        if ids:
-            lm.reset()
-            lm.prefill(ids, record=feeds)
+        starts = range(0, len(ids), lm.chunk)
+        stride = max(1, -(-len(starts) // RECORDED_CHUNKS))
+        lm.reset()
+        for j, at in enumerate(starts):
+            lm.step(ids[at:at + lm.chunk], feeds if (j + w) % stride == 0 else None)
     return feeds

@@ -18,21 +18,26 @@ import torch
 from edgec.calibration import prose
 from edgec.calibration.source import calibration_texts
 from edgec.errors import InputError
+from edgec.models.hf_decoder import static_positions
+from edgec.models.special_ids import eos_ids, num_bos
 from edgec.tasks.base import Feed, Feeds, Outputs, Task
 
-WINDOW = 128  # tokens per calibration and perplexity window
+SIMULATOR_TOKENS = 2048  # held-out tokens scored on a simulator: about half a second per 32-token chunk
 DEFAULT_CONTEXT = 512
 GOLDEN_PROMPTS, GOLDEN_TOKENS = 3, 16
 PROMPT_TOKENS = 64  # the speed prompt
+PROBE_TOKENS = 64  # the load-time check that the rebuild computes what transformers computes
 
 
 def context(config, recipe) -> int:
     """The static KV-cache length: what the exported programs can attend over."""
-    return recipe.context or min(config.max_position_embeddings, DEFAULT_CONTEXT)
+    return recipe.context or min(static_positions(config), DEFAULT_CONTEXT)
 
 
 def window(config, recipe) -> int:
-    return min(recipe.seq_len or WINDOW, context(config, recipe))
+    """Tokens per calibration and perplexity window: the whole context, so every position an artifact
+    serves is calibrated and scored (recipe seq_len makes them shorter)."""
+    return min(recipe.seq_len or context(config, recipe), context(config, recipe))
 
 
 def _windows(ids: np.ndarray, length: int, limit: int | None = None) -> list[Feed]:
@@ -48,7 +53,11 @@ def _stream(tokenizer, texts: list[str], eos: int | None) -> np.ndarray:
 class TextGeneration(Task):
     name = "text-generation"
     kind = "causal-lm"
-    simulator_eval_samples = 16  # windows of 128 tokens: about half a second per 32-token chunk on the simulator
+    simulator_eval_samples = 4  # windows of a 512-token context: SIMULATOR_TOKENS
+
+    def simulator_windows(self, config, recipe) -> int:
+        """Held-out windows scored on a simulator: SIMULATOR_TOKENS tokens' worth, at least one."""
+        return max(1, SIMULATOR_TOKENS // window(config, recipe))
 
     export_job = "lm"  # measured through each engine's own generation loop
 
@@ -66,7 +75,7 @@ class TextGeneration(Task):
             raise InputError("--soc precompiles encoder graphs; language models are not offered it yet: remove it")
         if recipe.prune is not None and (recipe.prune.refit or recipe.prune.prune_layers):
             raise InputError("refit and prune_layers are encoder-only pruning settings: remove them")
-        ctx, positions = context(config, recipe), config.max_position_embeddings
+        ctx, positions = context(config, recipe), static_positions(config)
         if ctx > positions:
             raise InputError(f"context {ctx} is longer than the model's {positions} positions: give {positions} "
                              "or less")
@@ -88,11 +97,15 @@ class TextGeneration(Task):
         if model.tokenizer.get_vocab_size() > model.config.vocab_size:
             raise InputError(f"{path} has {model.tokenizer.get_vocab_size()} tokens but the model only "
                              f"{model.config.vocab_size}: it belongs to another model")
-        return {"input_ids": torch.randint(0, model.config.vocab_size, (1, 16))}
+        model.config.eos_token_id = eos_ids(model.config, model.source_dir)
+        # real text at a seeded place in the held-out chapters: what the rebuilt model must reproduce
+        ids = _stream(model.tokenizer, prose.split("heldout")[:4], None)
+        start = int(np.random.default_rng(0).integers(0, max(len(ids) - PROBE_TOKENS, 1)))
+        return {"input_ids": torch.from_numpy(ids[start:start + PROBE_TOKENS][None].copy())}
 
     def feeds(self, model, calib: Path | None, recipe) -> Feeds:
         cfg, tok = model.config, model.tokenizer
-        eos = (eos_ids(cfg) or [None])[0]
+        eos = (eos_ids(cfg, model.source_dir) or [None])[0]
         length = window(cfg, recipe)
         texts = prose.split("calib") if calib is None else calibration_texts(calib, 10 ** 9)
         if not texts:
@@ -123,24 +136,20 @@ class TextGeneration(Task):
 
     def metric(self, reference: list[Outputs], candidate: list[Outputs], feeds: Feeds) -> dict:
         """Perplexity of the candidate's logits on the eval windows (the reference is not needed)."""
-        nll, count = 0.0, 0
-        for out, feed in zip(candidate, feeds.eval):
-            logits, ids = out[0].reshape(-1, out[0].shape[-1])[:-1], feed["input_ids"].reshape(-1)[1:]
-            z = logits.astype(np.float64)
-            logz = z.max(-1) + np.log(np.exp(z - z.max(-1, keepdims=True)).sum(-1))
-            nll += float((logz - z[np.arange(len(ids)), ids]).sum())
-            count += len(ids)
-        return {"value": float(np.exp(nll / count)), "tokens": count, "samples": len(candidate)}
+        return perplexity([window_nll(out[0], feed) for out, feed in zip(candidate, feeds.eval)])
 
     def bundle(self, model, recipe, output_names: list[str], work: Path) -> dict:
         for name in ("tokenizer.json", "tokenizer_config.json"):
             if (model.source_dir / name).is_file() and not (work / name).exists():
                 shutil.copy(model.source_dir / name, work / name)
-        return {"tokenizer": {"path": "tokenizer.json"}, "generation": self.generation_info(model.config, recipe)}
+        return {"tokenizer": {"path": "tokenizer.json"}, "generation": self.generation_info(model, recipe)}
 
-    def generation_info(self, config, recipe) -> dict:
-        """What every engine's loop needs beside the weights: special ids and the static context."""
-        return {"bos_token_id": config.bos_token_id, "eos_token_ids": eos_ids(config),
+    def generation_info(self, model, recipe) -> dict:
+        """What every engine's loop needs beside the weights: special ids, how many BOS ids go before a
+        prompt's ids, and the static context."""
+        config = model.config
+        return {"bos_token_id": config.bos_token_id, "eos_token_ids": eos_ids(config, model.source_dir),
+                "num_bos": num_bos(model.tokenizer, config, model.source_dir),
                 "pad_token_id": config.pad_token_id, "context_length": context(config, recipe),
                 "vocab_size": config.vocab_size}
 
@@ -155,7 +164,19 @@ class TextGeneration(Task):
         return ("greedy tokens identical" if same else "greedy tokens differ"), same
 
 
-def eos_ids(config) -> list[int]:
-    """config.eos_token_id as a list: transformers allows one id, a list, or none."""
-    eos = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    return [e for e in eos if e is not None]
+def window_nll(logits: np.ndarray, feed: Feed) -> tuple[float, int]:
+    """A window's summed next-token negative log-likelihood and the tokens it scores: each window is
+    reduced as it is scored, so no list of [tokens, vocab] logits is ever kept."""
+    logits, ids = logits.reshape(-1, logits.shape[-1])[:-1], feed["input_ids"].reshape(-1)[1:]
+    nll = 0.0
+    for a in range(0, len(ids), 64):  # float64 rows a block at a time: a big vocabulary stays small
+        z = logits[a:a + 64].astype(np.float64)
+        top = z.max(-1)
+        logz = top + np.log(np.exp(z - top[:, None]).sum(-1))
+        nll += float((logz - z[np.arange(len(z)), ids[a:a + 64]]).sum())
+    return nll, len(ids)
+
+
+def perplexity(parts: list[tuple[float, int]]) -> dict:
+    nll, count = sum(n for n, _ in parts), sum(c for _, c in parts)
+    return {"value": float(np.exp(nll / count)), "tokens": count, "samples": len(parts)}

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from edgec import runtimes
 from edgec.errors import InputError
+from edgec.models import DECODER_TYPES
+from edgec.models.special_ids import eos_ids
 from edgec.runtimes.kv_tiers import KVOptions
 from edgec.runtimes.llm import Generation, OnText, Sampling
 from edgec.runtimes.tokens import TokenBytes
@@ -56,16 +58,16 @@ def _open_model(source: str, runtime: str, kv: KVOptions | None = None) -> Opene
     _check_lm(src)
     tokenizer = src.path / "tokenizer.json"
     session = runtimes.runtime("torch").load_lm(src.path, tokenizer, {})
-    eos = src.config.eos_token_id
     return Opened(session, TokenBytes(tokenizer), f"{src.name} on torch (transformers, float32)", session.context,
-                  eos if isinstance(eos, list) else [eos])
+                  eos_ids(src.config, src.path))
 
 
 def _open_tiered(source: str, kv: KVOptions) -> Opened:
     """Without torch or transformers once the stages exist: the process holds the stages and the cache only."""
     import json
 
-    from edgec.models import DECODER_TYPES
+    from types import SimpleNamespace
+
     from edgec.toolchain.stages import stages_for_model
     from edgec.toolchain.zoo import ZOO
 
@@ -82,8 +84,7 @@ def _open_tiered(source: str, kv: KVOptions) -> Opened:
     if not tokenizer.is_file():
         raise InputError(f"{path} has no tokenizer.json: save the model's fast tokenizer there")
     name = source if source in ZOO else path.name
-    eos = config.get("eos_token_id")
-    eos = eos if isinstance(eos, list) else [eos]
+    eos = eos_ids(SimpleNamespace(eos_token_id=config.get("eos_token_id")), path)
     session = runtimes.runtime(TIERED).load_lm(stages_for_model(path, name), tokenizer,
                                                {"eos_token_ids": eos, "kv": kv})
     return Opened(session, TokenBytes(tokenizer), f"{name} on {TIERED} ({describe(kv)})", session.context, eos)
@@ -102,7 +103,8 @@ def _open_bundle_tiered(root: Path, kv: KVOptions) -> Opened:
         raise InputError(f"{root} has no ONNX Runtime GenAI decoder (model.onnx) to run with a tiered KV cache: "
                          f"export it with --target cpu")
     gen = b.manifest["generation"]
-    session = runtimes.runtime(TIERED).load_lm(stages_for_bundle(root / art["path"], b.manifest["model"]),
+    attention = art.get("engine", {}).get("attention")
+    session = runtimes.runtime(TIERED).load_lm(stages_for_bundle(root / art["path"], b.manifest["model"], attention),
                                                root / b.manifest["tokenizer"]["path"], {**gen, "kv": kv})
     return Opened(session, TokenBytes(root / b.manifest["tokenizer"]["path"]),
                   f"{art['path']} on {TIERED} ({describe(kv)})", session.context, gen["eos_token_ids"])
@@ -120,7 +122,7 @@ def describe(kv: KVOptions) -> str:
 def _check_lm(src) -> None:
     if src.kind != "causal-lm":
         raise InputError(f"{src.name} is a {src.config.model_type} model, not a language model: edgec generate "
-                         "takes llama or qwen2 decoders")
+                         f"takes {', '.join(DECODER_TYPES)} decoders")
     if not (src.path / "tokenizer.json").is_file():
         raise InputError(f"{src.path} has no tokenizer.json: save the model's fast tokenizer there")
 

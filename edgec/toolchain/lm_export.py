@@ -18,7 +18,7 @@ from edgec.progress import Progress
 from edgec.runtimes.llm import Sampling
 from edgec.targets import Build, Built, Target
 from edgec.tasks.base import Feeds, torch_batches
-from edgec.tasks.generation import GOLDEN_TOKENS, context
+from edgec.tasks.generation import GOLDEN_TOKENS, context, perplexity, window_nll
 from edgec.toolchain.lm_speed import measure
 from edgec.toolchain.report_lm import render_lm
 
@@ -41,7 +41,7 @@ class LMExport:
 
     @property
     def info(self) -> dict:
-        return self.task.generation_info(self.model.config, self.recipe)
+        return self.task.generation_info(self.model, self.recipe)
 
     def build(self) -> dict:
         module = self._prune(self.model.module)
@@ -84,25 +84,24 @@ class LMExport:
     def _limit(self, runtime: str) -> int | None:
         if not runtimes.runtime(runtime).simulated:
             return None
-        return self.recipe.htp_eval_samples or self.task.simulator_eval_samples
+        return self.recipe.htp_eval_samples or self.task.simulator_windows(self.model.config, self.recipe)
 
     def _perplexity(self, module: torch.nn.Module, built: Built) -> dict:
-        """Each artifact on each runtime, and the eager float model on the same windows."""
-        metric = lambda outs, n: self.task.metric([], outs[:n], self.feeds)  # windows in feeds.eval order
+        """Each artifact on each runtime, and the eager float model on the same windows; every window is
+        reduced to its log-likelihood as it is scored."""
         with torch.no_grad():
-            eager = [[module(torch.from_numpy(f["input_ids"])).numpy()]
+            eager = [window_nll(module(torch.from_numpy(f["input_ids"])).numpy(), f)
                      for f in self.progress.track(self.feeds.eval, "perplexity: eager float")]
-        out = {"data": self.feeds.eval_source, "float": metric(eager, len(eager))["value"], "per_runtime": {}}
+        out = {"data": self.feeds.eval_source, "float": perplexity(eager)["value"], "per_runtime": {}}
         for art, kind in [(a, "artifact") for a in built.artifacts] + [(a, "reference") for a in built.references]:
             for rt in art.runtimes:
                 n = self._limit(rt) or len(self.feeds.eval)
                 s = self.session(art, rt)
-                got = [[s.score(f["input_ids"][0])[None]]
+                got = [window_nll(s.score(f["input_ids"][0]), f)
                        for f in self.progress.track(self.feeds.eval[:n], f"perplexity: {self.name(art.path)}@{rt}",
                                                     total=n)]
                 out["per_runtime"][f"{self.name(art.path)}@{rt}"] = {
-                    **metric(got, n), "float": metric(eager[:n], n)["value"], "kind": kind,
-                    "bytes": art.bytes}
+                    **perplexity(got), "float": perplexity(eager[:n])["value"], "kind": kind, "bytes": art.bytes}
         return out
 
     def _speed(self, built: Built) -> dict:

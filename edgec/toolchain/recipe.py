@@ -46,6 +46,8 @@ class Recipe:
     context: int | None = None
     prefill_chunk: int | None = None
     weights: str = "int4"
+    # threads ONNX Runtime GenAI uses, written into genai_config.json; None: left to the runtime (all cores)
+    genai_threads: int | None = None
     # the gpu target: the API, the architectures to compile for (None: phone and desktop defaults)
     # and the precision inside the modules; inputs and outputs keep their dtypes
     gpu_api: str = "vulkan"
@@ -56,7 +58,7 @@ class Recipe:
 
     def __post_init__(self):
         for name in ("seq_len", "calib_samples", "prune_calib_samples", "eval_samples", "htp_eval_samples",
-                     "bench_runs", "context", "prefill_chunk"):
+                     "bench_runs", "context", "prefill_chunk", "genai_threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.weights not in WEIGHTS:

@@ -18,7 +18,7 @@ from edgec.cache import cache_root
 from edgec.exporters.formats import SPEC_FILE
 from edgec.toolchain.publish import atomic_dir
 
-FORMAT = "stages-v2"
+FORMAT = "stages-v3"
 
 
 def files_key(files: list[Path]) -> str:
@@ -30,8 +30,9 @@ def files_key(files: list[Path]) -> str:
     return h.hexdigest()[:20]
 
 
-def stages_for_bundle(model_onnx: Path, name: str) -> Path:
-    """The stages cut from a bundle's GenAI decoder (model.onnx, its .data and genai_config.json beside it)."""
+def stages_for_bundle(model_onnx: Path, name: str, attention: list[dict] | None) -> Path:
+    """The stages cut from a bundle's GenAI decoder (model.onnx, its .data and genai_config.json beside it);
+    `attention` is its manifest entry's per-layer attention settings."""
     from edgec.exporters.onnx_stages import cut_stages
 
     folder = Path(model_onnx).parent
@@ -39,7 +40,7 @@ def stages_for_bundle(model_onnx: Path, name: str) -> Path:
     out = cache_root() / "stages" / f"{name}-{files_key(sources)}"
     if not (out / SPEC_FILE).is_file():
         with atomic_dir(out) as (work, _):
-            cut_stages(model_onnx, json.loads((folder / "genai_config.json").read_text()), work)
+            cut_stages(model_onnx, json.loads((folder / "genai_config.json").read_text()), work, attention)
     return out
 
 
@@ -63,5 +64,6 @@ def stages_for_model(model_dir: Path, name: str) -> Path:
     with atomic_dir(out) as (work, scratch):
         genai = scratch / "genai"  # the whole-model export the stages are cut from; removed with scratch
         export_genai(module, AutoConfig.from_pretrained(model_dir, local_files_only=True), model_dir, genai)
-        cut_stages(genai / "model.onnx", json.loads((genai / "genai_config.json").read_text()), work)
+        cut_stages(genai / "model.onnx", json.loads((genai / "genai_config.json").read_text()), work,
+                   module.attention())
     return out

@@ -14,12 +14,13 @@ from edgec.calibration import prose
 from edgec.errors import InputError
 from edgec.exporters.integer_check import check_integer_only
 from edgec.exporters.onnx_decoder_npu import export_float_decoder
-from edgec.models.hf_llama import from_hf_llama
+from edgec.models.hf_decoder import from_hf_decoder
 from edgec.runtimes.htp_llm import load_lm
 from edgec.runtimes.llm import Sampling
 from edgec.runtimes.tokens import TokenBytes
 from edgec.targets.npu_lm import export_decoder_npu
-from helpers import hf_greedy, seeded_decoder_dir
+from edgec.zoo.seeded import seeded_decoder_dir
+from helpers import hf_greedy
 
 CONTEXT, CHUNK = 64, 16
 
@@ -30,7 +31,7 @@ def seeded(request, tmp_path_factory):
     out = tmp_path_factory.mktemp(request.param)
     hf_dir = seeded_decoder_dir(out / "hf", request.param)
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, attn_implementation="eager").eval()
-    module = from_hf_llama(hf)
+    module = from_hf_decoder(hf)
     contract = export_float_decoder(module, out / "float.onnx", CONTEXT, CHUNK)
     return hf_dir, hf, module, out / "float.onnx", contract
 

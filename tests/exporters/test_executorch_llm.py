@@ -6,15 +6,16 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from helpers import hf_greedy, seeded_decoder_dir
+from helpers import hf_greedy
 from tokenizers import Tokenizer
 
 from edgec.errors import InputError
 from edgec.exporters.executorch_llm import export_llm_pte
-from edgec.models.hf_llama import from_hf_llama
+from edgec.models.hf_decoder import from_hf_decoder
 from edgec.runtimes.executorch_llm import load_lm
 from edgec.runtimes.llm import Sampling
 from edgec.runtimes.tokens import TokenBytes
+from edgec.zoo.seeded import seeded_decoder_dir
 
 PROMPTS = ["The river was", "Once upon a time, in a quiet town"]
 # lowering costs seconds per layer; Qwen2 is the same Decoder with q/k/v biases (its .pte is held to
@@ -34,7 +35,7 @@ def build(tmp_path_factory):
             if not src.is_dir():
                 seeded_decoder_dir(src, kind, **KINDS[kind])
             hf = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
-            artifact = export_llm_pte(from_hf_llama(hf), hf.config, root / f"{kind}-{weights}.pte", CONTEXT, weights)
+            artifact = export_llm_pte(from_hf_decoder(hf), hf.config, root / f"{kind}-{weights}.pte", CONTEXT, weights)
             cache[kind, weights] = src, hf, artifact, load_lm(artifact.path, src / "tokenizer.json")
         return cache[kind, weights]
     return get
@@ -135,3 +136,42 @@ def test_runner_reads_the_models_own_tokenizer(build, tmp_path):
         runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=16, temperature=0.0, num_bos=1),
                         pieces.append)
         assert [vocab[p] for p in pieces] == hf_greedy(hf, _ids(src, prompt), 16)
+
+
+def test_forward_returns_the_last_position_only(build):
+    """A prompt chunk of any length plans one row of logits, not context x vocab floats."""
+    from executorch.runtime import Runtime
+
+    src, hf, artifact, lm = build("llama")
+    meta = Runtime.get().load_program(artifact.path).metadata("forward")
+    assert list(meta.output_tensor_meta(0).sizes()) == [1, 1, hf.config.vocab_size]
+    assert artifact.manifest["outputs"][0]["shape"] == [1, 1, hf.config.vocab_size]
+
+
+def test_unwritten_cache_slots_never_reach_the_logits(build):
+    """Whatever an app's allocator left in the cache buffers (NaN included) is selected away."""
+    from edgec.exporters.executorch_llm import StaticCacheLM
+
+    src, hf, _, _ = build("llama")
+    ids = torch.tensor([_ids(src, PROMPTS[1])])
+    clean = StaticCacheLM(from_hf_decoder(hf), CONTEXT).eval()
+    dirty = StaticCacheLM(from_hf_decoder(hf), CONTEXT).eval()
+    for name, buf in dirty.named_buffers():
+        if name.startswith(("k_", "v_")):
+            buf.fill_(float("nan"))
+    with torch.no_grad():
+        want, got = clean(ids, torch.arange(ids.shape[1])), dirty(ids, torch.arange(ids.shape[1]))
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("bits,limit", [(4, 7), (8, 127)])
+def test_dynamic_int_weights_use_the_bits_they_name(build, bits, limit):
+    """int8 means 8-bit weights (per output channel), int4 4-bit (groups of 32): never 4 bits for int8."""
+    from edgec.exporters.executorch_llm import StaticCacheLM, quantize_dynamic_int
+
+    _, hf, _, _ = build("llama")
+    wrapper = StaticCacheLM(from_hf_decoder(hf), CONTEXT).eval()
+    quantize_dynamic_int(wrapper, bits)
+    q = wrapper.module.layers[0].gate.weight.qdata
+    assert int(q.abs().max()) > limit // 2 and int(q.max()) <= limit

@@ -7,16 +7,16 @@ import onnx
 import pytest
 import torch
 import transformers
-from helpers import seeded_decoder_dir
 from tokenizers import Tokenizer
 
 from edgec.errors import ExportError, InputError
 from edgec.exporters.onnx_genai import export_genai, quantize_genai
 from edgec.models.decoder import Decoder
-from edgec.models.hf_llama import from_hf_llama
+from edgec.models.hf_decoder import from_hf_decoder
 from edgec.runtimes.llm import Sampling, Utf8Stream
 from edgec.runtimes.ort_genai import load_lm
 from edgec.runtimes.tokens import TokenBytes
+from edgec.zoo.seeded import seeded_decoder_dir
 
 PROMPTS = ["The river was", "Once upon a time, in a quiet town"]
 KINDS = ["llama", "qwen2"]
@@ -29,7 +29,7 @@ def models(tmp_path_factory):
     for kind in KINDS:
         src = seeded_decoder_dir(root / kind, kind, num_hidden_layers=1)
         hf = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
-        artifact = export_genai(from_hf_llama(hf), hf.config, src, root / f"{kind}-float")
+        artifact = export_genai(from_hf_decoder(hf), hf.config, src, root / f"{kind}-float")
         result[kind] = src, hf, artifact
     return result
 
@@ -115,7 +115,7 @@ def test_sampling_is_seeded(models):
 
 def test_int4_weights(models, tmp_path):
     src, hf, float_artifact = models["llama"]
-    artifact = quantize_genai(float_artifact.path.parent, tmp_path / "int4", "int4")
+    artifact = quantize_genai(float_artifact, tmp_path / "int4", "int4")
     graph = onnx.load(artifact.path, load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
     assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 7 * hf.config.num_hidden_layers + 1  # + lm_head

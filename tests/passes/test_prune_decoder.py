@@ -14,7 +14,7 @@ from edgec.errors import InputError, UnsupportedModelError
 from edgec.exporters.onnx_float import export_onnx
 from edgec.exporters.onnx_qdq import quantize_qdq
 from edgec.models.decoder import Decoder
-from edgec.models.hf_llama import from_hf_llama
+from edgec.models.hf_decoder import from_hf_decoder
 from edgec.passes.prune import PruneConfig, prune, prune_decoder
 from edgec.runtimes import ort_cpu, qnn_htp
 
@@ -30,7 +30,7 @@ def tiny_llama() -> Decoder:
         num_attention_heads=HEADS, num_key_value_heads=KV_HEADS, max_position_embeddings=64,
         attn_implementation="eager")
     torch.manual_seed(0)
-    model = from_hf_llama(transformers.LlamaForCausalLM(config).eval())
+    model = from_hf_decoder(transformers.LlamaForCausalLM(config).eval())
     with torch.no_grad():  # HF initialises norms to one and biases to zero: make them matter
         for name, p in model.named_parameters():
             if name.endswith(("norm.weight", ".bias")):
@@ -216,5 +216,5 @@ def test_refuses_what_it_cannot_do(llama):
     for config in (PruneConfig(ratio=0.3, refit=True), PruneConfig(ratio=0.3, prune_layers=True)):
         with pytest.raises(InputError, match="decoders"):
             prune(llama, ids(2, 0), config)
-    with pytest.raises(UnsupportedModelError, match="from_hf_llama"):
+    with pytest.raises(UnsupportedModelError, match="from_hf_decoder"):
         prune_decoder(torch.nn.Linear(4, 4), [], PruneConfig(ratio=0.3, method="magnitude"))

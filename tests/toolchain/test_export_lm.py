@@ -5,15 +5,19 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
-from helpers import assert_clean_failure, run_native, seeded_decoder_dir
+from helpers import assert_clean_failure, run_native
+from edgec.zoo.seeded import seeded_decoder_dir
 
 PROMPT = "And God said, Let there be light"
 
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory):
-    return seeded_decoder_dir(tmp_path_factory.mktemp("llama") / "model", "llama", num_hidden_layers=1)
+    """A Llama 3.x checkpoint (llama3 RoPE scaling) saved in bfloat16, as the Hub ships them."""
+    return seeded_decoder_dir(tmp_path_factory.mktemp("llama") / "model", "llama3", dtype=torch.bfloat16,
+                              num_hidden_layers=1)
 
 
 def _export(run_cli, model, out, target, **recipe):
@@ -83,21 +87,20 @@ def test_cpu_bundle_is_what_each_engine_reads(cpu_bundle):
 
 def test_the_8da4w_program_computes_what_torchao_describes(cpu_bundle, llama_dir):
     """XNNPACK runs the quantized program torchao describes; 4-bit noise keeps float's choice near the top."""
-    import torch
     import transformers
 
-    from edgec.exporters.executorch_llm import StaticCacheLM, quantize_8da4w
-    from edgec.models.hf_llama import from_hf_llama
+    from edgec.exporters.executorch_llm import StaticCacheLM, quantize_dynamic_int
+    from edgec.models.hf_decoder import from_hf_decoder
     from edgec.runtimes.executorch_llm import load_lm
 
-    hf = transformers.AutoModelForCausalLM.from_pretrained(llama_dir).eval()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(llama_dir, dtype=torch.float32).eval()
     lm = load_lm(cpu_bundle / "model.pte", cpu_bundle / "tokenizer.json")
     torch.manual_seed(0)
     ids = torch.randint(3, hf.config.vocab_size, (1, 100))
     ids[0, 0] = hf.config.bos_token_id
     got = lm.score(ids[0].numpy())
-    eager = StaticCacheLM(from_hf_llama(hf), 128).eval()
-    quantize_8da4w(eager)
+    eager = StaticCacheLM(from_hf_decoder(hf), 128, every_position=True).eval()
+    quantize_dynamic_int(eager, 4)
     with torch.no_grad():
         same_scheme, ref = eager(ids, torch.arange(100))[0].numpy(), hf(ids).logits[0].numpy()
     assert (got.argmax(-1) == same_scheme.argmax(-1)).mean() >= 0.9
@@ -211,21 +214,24 @@ def _first_token_with_plain_onnxruntime(out, manifest):
     art = manifest["artifacts"][0]
     engine, golden = art["engine"], read_golden(out / art["golden"]["path"])
     prompt, want = golden["prompt/0"], golden["tokens/ort-cpu/0"]
-    ctx, chunk, d = engine["context"], engine["chunk"], engine["rope"]["head_dim"]
+    ctx, chunk, rope = engine["context"], engine["chunk"], engine["rope"]
     cache = {t["name"]: np.full(t["shape"], engine["cache"]["zero_point"][t["name"]], np.uint16)
-             for t in engine["inputs"][4:]}
+             for t in engine["inputs"] if t["name"].startswith("past_")}
+    assert [m["name"] for m in engine["masks"]] == ["mask"]  # no sliding window in this model
     session = ort.InferenceSession(str(out / art["path"]), providers=["CPUExecutionProvider"])
     for p in range(0, len(prompt), chunk):
         n = min(chunk, len(prompt) - p)
         rows = np.minimum(np.arange(chunk), n - 1)  # rows past the real tokens copy the last one
-        freqs = (p + rows)[:, None] / engine["rope"]["theta"] ** (np.arange(0, d, 2) / d)[None]
-        angles = np.concatenate([freqs, freqs], -1).astype(np.float32)
+        feed = {}
+        for (cos, sin), inv_freq, factor in zip(rope["inputs"], rope["inv_freq"], rope["attention_factor"]):
+            freqs = (p + rows)[:, None] * np.asarray(inv_freq, np.float32)[None]
+            angles = np.concatenate([freqs, freqs], -1).astype(np.float32)
+            feed[cos], feed[sin] = np.cos(angles) * factor, np.sin(angles) * factor
         mask = np.full((1, 1, chunk, ctx + chunk), engine["mask_value"], np.float32)
         mask[..., :p] = 0
         for r in range(chunk):
             mask[0, 0, r, ctx:ctx + rows[r] + 1] = 0
-        feed = {"input_ids": prompt[p + rows][None].astype(np.int32), "cos": np.cos(angles),
-                "sin": np.sin(angles), "mask": mask, **cache}
+        feed.update({"input_ids": prompt[p + rows][None].astype(np.int32), "mask": mask, **cache})
         names = ["logits", *(k.replace("past_", "new_") for k in cache)]
         logits, *new = session.run(names, feed)
         for k, v in zip(cache, new):

@@ -5,7 +5,8 @@ import json
 
 import pytest
 
-from helpers import seeded_decoder_dir, vulkan_skip_reason
+from helpers import vulkan_skip_reason
+from edgec.zoo.seeded import seeded_decoder_dir
 
 pytestmark = pytest.mark.skipif(vulkan_skip_reason() is not None, reason=vulkan_skip_reason() or "")
 

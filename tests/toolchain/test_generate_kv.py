@@ -9,9 +9,10 @@ import time
 
 import numpy as np
 import pytest
-from helpers import hf_greedy, seeded_decoder_dir
+from helpers import hf_greedy
 
 from edgec.runtimes.kv_tiers import KVOptions
+from edgec.zoo.seeded import seeded_decoder_dir
 
 EDGEC = [sys.executable, "-m", "edgec.toolchain.cli"]
 
