@@ -29,6 +29,8 @@ SCRIPTS = {
     "llm_equivalence": ["--models", "tinylm,qwen2", "--prompts", "2", "--new-tokens", "16"],
     "llm_export": ["--targets", "npu", "--htp-windows", "2"],
     "llm_decode_speed": ["--layers", "2", "--hidden", "256", "--new-tokens", "16"],
+    "llm_families": ["--families", "gemma3_text,olmo2", "--new-tokens", "16", "--skip-runner"],
+    "llm_memory": ["--vocab", "32000"],
     "gpu": ["--models", "vit-digits", "--precisions", "fp32", "--runs", "3", "--new-tokens", "8"],
     "qnn_context": ["--rounds", "2", "--sentences", "2"],
     "desktop": ["--sentences", "8", "--runs", "2", "--rounds", "1"],
