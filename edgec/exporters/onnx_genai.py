@@ -21,6 +21,8 @@ from edgec.exporters.artifact import Artifact
 from edgec.models.decoder import Decoder
 
 OPSET = 21
+# decoder types onnxruntime-genai 0.18 accepts in genai_config.json, of the families edgec rebuilds
+GENAI_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "smollm3", "granite"}
 WEIGHT_BITS = {"float": None, "int8": 8, "int4": 4}
 BLOCK = 32  # MatMulNBits block: one scale per 32 input channels
 MODEL_FILE = "model.onnx"
@@ -216,7 +218,7 @@ def genai_config(module: Decoder, hf_config, context: int, threads: int | None =
             "eos_token_id": eos,  # one id or a list: GenAI takes both
             "pad_token_id": _token_id(hf_config, "pad_token_id", eos[0] if isinstance(eos, list) else eos),
             "context_length": context,
-            "type": hf_config.model_type,
+            "type": genai_type(hf_config.model_type),
             "vocab_size": module.embed.num_embeddings,
             "decoder": {
                 "session_options": {"log_id": "onnxruntime-genai", "provider_options": [],
@@ -239,6 +241,12 @@ def genai_config(module: Decoder, hf_config, context: int, threads: int | None =
                    "temperature": 1.0, "top_k": 0, "top_p": 1.0, "early_stopping": True,
                    "length_penalty": 1.0, "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},
     }
+
+
+def genai_type(model_type: str) -> str:
+    """The model type GenAI 0.18 is told: the family's own where GenAI knows it, else "llama" (the graph's
+    inputs and outputs are the same for every family, and GenAI refuses a type it has no entry for)."""
+    return model_type if model_type in GENAI_TYPES else "llama"
 
 
 def _token_id(hf_config, name: str, default=None):

@@ -84,6 +84,25 @@ def weight_overrides(model: onnx.ModelProto) -> dict[str, list[dict]]:
     return out
 
 
+def _widen_looked_up_rows(model: onnx.ModelProto, overrides: dict[str, list[dict]], plan: PrecisionPlan) -> None:
+    """Rows looked up in an 8-bit table stay 8-bit; where a MatMul reads them directly (a decoder without a
+    norm before its first attention, OLMo 2), they are requantized to the activation type, since the HTP
+    takes no MatMul mixing 8- and 16-bit activations."""
+    if plan.activations == plan.embeddings:
+        return
+    inits = {i.name for i in model.graph.initializer}
+    readers = collections.defaultdict(set)
+    for node in model.graph.node:
+        for x in node.input:
+            readers[x].add(node.op_type)
+    for node in model.graph.node:
+        out = node.output[0]
+        if node.op_type == "Gather" and node.input[0] in inits and readers[out] & {"MatMul", "Gemm"} \
+                and out in overrides:
+            overrides[out] = [{**overrides[out][0], "quant_type": _QTYPES[plan.embeddings],
+                               "convert": {"quant_type": _QTYPES[plan.activations]}}]
+
+
 def activation_ranges(model: onnx.ModelProto, feeds: list[dict[str, np.ndarray]], plan: PrecisionPlan,
                       seed: int = 0) -> tuple[dict[str, list[dict]], dict[str, int], dict[str, float]]:
     """Run the float graph with every intermediate exposed and pick a range per tensor."""
@@ -120,6 +139,7 @@ def quantize_qdq(float_path: Path, out_path: Path, feeds: list[dict[str, np.ndar
     overrides, won, sqnr8 = activation_ranges(model, feeds, plan)
     if adjust is not None:
         adjust(model, overrides)
+    _widen_looked_up_rows(model, overrides, plan)
     overrides.update(weight_overrides(model))
     config = get_qnn_qdq_config(
         model, _Feeds(feeds[:2]), calibrate_method=CalibrationMethod.MinMax,
