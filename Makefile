@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || { test -n "$(PYTHON)" && $(PYTHON) $(IS_311) 2>/dev/null; } || { echo "$(NEED_311)" >&2; exit 1; }
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,gpu,desktop]'
+	CMAKE_ARGS='-DGGML_NATIVE=ON -DLLAVA_BUILD=OFF -DLLAMA_OPENSSL=OFF' CMAKE_BUILD_PARALLEL_LEVEL=2 $(PY) -m pip install -q -e '.[test,gpu,desktop,llama]'
 	touch $(STAMP)
 
 # the software Vulkan device (Mesa's lavapipe) the gpu target is verified on; installed where this

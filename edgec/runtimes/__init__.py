@@ -78,6 +78,8 @@ RUNTIMES = {r.name: r for r in [
             package="iree-base-runtime", lm_module="edgec.runtimes.iree_gpu:load_lm"),
     Runtime("iree-cuda", "edgec.runtimes.iree_gpu:load_cuda", "IREE on an NVIDIA GPU through CUDA",
             package="iree-base-runtime", lm_module="edgec.runtimes.iree_gpu:load_lm_cuda"),
+    Runtime("llama-cpp", "", "llama.cpp through llama-cpp-python (a GGUF file), CPU", package="llama-cpp-python",
+            lm_module="edgec.runtimes.llama_cpp"),
     Runtime("torch", "", "transformers generate, eager float32 (the reference)", package="transformers",
             lm_module="edgec.runtimes.torch_lm"),
 ]}
