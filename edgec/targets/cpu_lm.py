@@ -1,6 +1,7 @@
-"""`cpu` for a decoder LM: ONNX for ONNX Runtime GenAI and a static-cache ExecuTorch program.
+"""`cpu` for a decoder LM: ONNX for ONNX Runtime GenAI, a static-cache ExecuTorch program and a GGUF file
+for llama.cpp.
 
-The shipped pair is quantized (recipe `weights`: int4 by default, MatMulNBits
+The shipped ONNX and .pte are quantized (recipe `weights`: int4 by default, MatMulNBits
 weight-only in the ONNX, 8-bit dynamic activations with 4-bit grouped weights
 in the `.pte`; int8 means 8-bit weights in both); the float ONNX they start from is measured beside them, so the
 report can say what quantization cost and bought.
@@ -35,10 +36,32 @@ def build_cpu_lm(job: Build, module, out_dir: Path) -> Built:
     # the float ONNX is built anyway: measured beside the shipped pair, it shows what quantization cost
     # (a float .pte would add a minute of lowering for the same float figures: bench/llm_decode_speed.py
     # compares the two programs)
+    gguf, gguf_note = _gguf(job, module, out_dir)
     references = [float_onnx] if compare else []
     engines = {"model.onnx": "og.Model(bundle folder) reads genai_config.json beside it; GenAI feeds the "
                              "whole KV history in each step and takes back present = past + new",
                "model.pte": "ExecuTorch's TextLLMRunner(model.pte, tokenizer.json) reads the metadata methods; "
                             "the program keeps a static KV cache in mutable buffers written at cache_position"}
-    return Built([onnx_art, pte_art], {"weights": {"onnx": weights, "pte": pte_weights}, "engines": engines},
-                 references)
+    engines["model.gguf"] = gguf_note
+    holds = (f"{weights} ONNX for ONNX Runtime GenAI, an ExecuTorch program ({pte_weights}, XNNPACK)"
+             + (f" and a {recipe.gguf} GGUF for llama.cpp" if gguf else ""))
+    return Built([onnx_art, pte_art, *gguf], {"holds": holds, "engines": engines, "weights": {
+        "onnx": weights, "pte": pte_weights, "gguf": recipe.gguf if gguf else None}}, references)
+
+
+def _gguf(job: Build, module, out_dir: Path):
+    """model.gguf where llama.cpp has an architecture for the model and is installed; else the reason, for
+    the report (the other artifacts do not depend on it)."""
+    from edgec.errors import EdgecError
+    from edgec.exporters.gguf import export_gguf
+
+    quant = job.recipe.gguf
+    if quant is None:
+        return [], "not written: the recipe's gguf is null"
+    try:
+        with job.progress.step(f"export GGUF for llama.cpp ({quant}, quantized by llama.cpp)"):
+            art = export_gguf(module, job.model.config, job.model.source_dir, out_dir / "model.gguf", quant)
+    except EdgecError as e:  # llama.cpp is not installed, or none of its architectures computes this model
+        return [], f"not written: {e}"
+    return [art], (f"llama.cpp (llama-cpp-python's Llama, or llama-cli -m model.gguf): architecture "
+                   f"{art.manifest['engine']['architecture']}, {quant}, tokenizer embedded")

@@ -66,6 +66,7 @@ class Gpu(Target):
         graph = Artifact(out_dir / "model.onnx", "onnx", "ort-cpu", manifest={"engine": contract})
         built = compile_for_gpus(job, graph, out_dir, {"engine": contract})
         built.report["engines"] = {a.path.name: contract["host_loop"] for a in built.artifacts}
+        built.report["holds"] = "float IREE modules of the static decoder step, driven by a host loop"
         return built
 
 

@@ -32,7 +32,9 @@ def build_npu_lm(job: Build, module, out_dir: Path) -> Built:
         art, contract = export_decoder_npu(module, out_dir / "model.onnx", ctx, chunk, calib)
     checks = contract["checks"]
     htp = checks["htp"]
-    report = {"calibration": {"source": job.feeds.calib_source, "observers_chosen": checks.get("observers")},
+    report = {"holds": "an integer-only A16W8 static decoder graph (QDQ ONNX) for Qualcomm's HTP, the KV cache "
+                       "in uint16 on the host",
+              "calibration": {"source": job.feeds.calib_source, "observers_chosen": checks.get("observers")},
               "precision": {"activations": "uint16", "weights": "int8 per output channel",
                             "kv_cache": {k: v for k, v in contract["cache"].items() if k in ("dtype", "update")}},
               "npu": {"backend": "qnn-htp", **htp, "coverage": htp["fraction"],

@@ -17,6 +17,7 @@ _PASS_CONFIGS = {"plan": PrecisionPlan, "smooth": SmoothConfig, "prune": PruneCo
 
 
 WEIGHTS = ("int4", "int8", "float")
+GGUF_QUANTS = ("Q4_0", "Q8_0", "Q4_K_M", "F16", "F32")
 PRECISIONS = ("fp32", "fp16")
 GPU_APIS = ("vulkan", "cuda")
 
@@ -48,6 +49,8 @@ class Recipe:
     weights: str = "int4"
     # threads ONNX Runtime GenAI uses, written into genai_config.json; None: left to the runtime (all cores)
     genai_threads: int | None = None
+    # the cpu target's model.gguf for llama.cpp: its quantization (Q4_0, Q8_0, Q4_K_M, F16, F32), None for none
+    gguf: str | None = "Q4_0"
     # the gpu target: the API, the architectures to compile for (None: phone and desktop defaults)
     # and the precision inside the modules; inputs and outputs keep their dtypes
     gpu_api: str = "vulkan"
@@ -61,6 +64,8 @@ class Recipe:
                      "bench_runs", "context", "prefill_chunk", "genai_threads"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.gguf is not None and self.gguf not in GGUF_QUANTS:
+            raise ValueError(f"gguf '{self.gguf}' is not one of {', '.join(GGUF_QUANTS)} (or null for no GGUF)")
         if self.weights not in WEIGHTS:
             raise ValueError(f"weights '{self.weights}' is not one of {', '.join(WEIGHTS)}")
         if self.precision not in PRECISIONS:

@@ -11,7 +11,7 @@ def _num(x, fmt: str = ".1f") -> str:
 
 def render_lm(r: dict) -> str:
     m = r["model"]
-    lines = [f"# edgec export: {m['name']} for {r['target']}", "", f"{r['target_description']}.", "",
+    lines = [f"# edgec export: {m['name']} for {r['target']}", "", f"{r.get('holds') or r['target_description']}.", "",
              f"Model: `{m['architecture']}` ({m['task']}), {m['parameters']:,} parameters, static context "
              f"{r['context_length']} tokens. Loading took {r['load_seconds']} s, the export {r['export_seconds']} s.",
              "", "## Artifacts", ""]
