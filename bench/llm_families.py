@@ -89,7 +89,8 @@ def _iree(module, root: Path, greedy, want) -> str:
     except Exception as e:  # IREE missing
         return f"not installed ({e})"
     contract = export_float_decoder(module, root / "gpu.onnx", CONTEXT, CHUNK)
-    import_onnx(root / "gpu.onnx").write(root / "gpu.mlirbc", {})
+    tags = {"edgec.api": "vulkan", "edgec.arch": SOFTWARE_VULKAN, "edgec.export": root.name}
+    import_onnx(root / "gpu.onnx").write(root / "gpu.mlirbc", tags)
     mod = compile_module(root / "gpu.mlirbc", root / "gpu.vmfb", "vulkan", SOFTWARE_VULKAN, "fp32")
     return _cell(greedy(iree_gpu.load_lm(mod.path, None, contract)), want)
 

@@ -12,7 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: "tests/toolchain/" not in item.nodeid)  # stable: file order kept otherwise
+    # the long files first, so the two processes finish together; stable: file order kept otherwise
+    items.sort(key=lambda item: not ("tests/toolchain/" in item.nodeid or "test_families" in item.nodeid))
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,7 @@ from edgec.models.special_ids import eos_ids, num_bos
 from edgec.tasks.base import Feed, Feeds, Outputs, Task
 
 SIMULATOR_TOKENS = 2048  # held-out tokens scored on a simulator: about half a second per 32-token chunk
+EVAL_TOKENS = 8192  # held-out tokens scored by default (recipe eval_samples: windows): a stable perplexity
 DEFAULT_CONTEXT = 512
 GOLDEN_PROMPTS, GOLDEN_TOKENS = 3, 16
 PROMPT_TOKENS = 64  # the speed prompt
@@ -115,7 +116,7 @@ class TextGeneration(Task):
         if not pool:
             raise InputError(f"calibration text {calib} has fewer than {length} tokens: give more text")
         held_texts = prose.split("heldout")
-        held = _windows(_stream(tok, held_texts, eos), length, recipe.eval_samples)
+        held = _windows(_stream(tok, held_texts, eos), length, recipe.eval_samples or max(1, EVAL_TOKENS // length))
         prompts = [tok.encode(t).ids[:PROMPT_TOKENS] for t in held_texts[:GOLDEN_PROMPTS]]
         bench_prompt = tok.encode(held_texts[-1]).ids[:PROMPT_TOKENS]
         source = "the built-in calibration chapters" if calib is None else str(calib)

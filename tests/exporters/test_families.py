@@ -122,7 +122,7 @@ def test_qnn_htp(family, name, tmp_path):
 
 
 @pytest.mark.skipif(vulkan_skip_reason() is not None, reason=vulkan_skip_reason() or "")
-@pytest.mark.parametrize("name", NEW_OPS)
+@pytest.mark.parametrize("name", ["gemma2", "gemma3_text"])  # caps, GeGLU, q/k norms, windows, two RoPEs
 def test_iree_vulkan(family, name, tmp_path):
     """The float chunked graph compiled for the software Vulkan device, driven by the same host loop."""
     from edgec.exporters.iree import SOFTWARE_VULKAN, compile_module, import_onnx
@@ -131,6 +131,7 @@ def test_iree_vulkan(family, name, tmp_path):
 
     src, hf, module, ids, want = family(name)
     contract = export_float_decoder(module, tmp_path / "model.onnx", CONTEXT, 16)
-    import_onnx(tmp_path / "model.onnx").write(tmp_path / "model.mlirbc", {})
+    tags = {"edgec.api": "vulkan", "edgec.arch": SOFTWARE_VULKAN, "edgec.export": name}
+    import_onnx(tmp_path / "model.onnx").write(tmp_path / "model.mlirbc", tags)
     mod = compile_module(tmp_path / "model.mlirbc", tmp_path / "model.vmfb", "vulkan", SOFTWARE_VULKAN, "fp32")
     assert _greedy(iree_gpu.load_lm(mod.path, src / "tokenizer.json", contract), ids) == want
