@@ -13,7 +13,7 @@ from helpers import run_native
 
 def test_desktop_runner_continues_tinylm_like_edgec_generate(run_cli, desktop_runner, tmp_path):
     recipe = tmp_path / "recipe.json"
-    recipe.write_text(json.dumps({"context": 128, "eval_samples": 2, "compare_quantized_only": False}))
+    recipe.write_text(json.dumps({"context": 128, "eval_samples": 2, "compare_quantized_only": False, "gguf": None}))
     out = tmp_path / "tinylm-cpu"
     code, _, err = run_cli("export", "tinylm", "--target", "cpu", "-o", out, "--recipe", recipe, "-q")
     assert code == 0, err
