@@ -100,8 +100,10 @@ def _runner(src: Path, out: Path, prompt: str, new: int, want: list[int]) -> str
         return "not built (make desktop)"
     recipe = out.with_suffix(".json")
     recipe.write_text(json.dumps({"weights": "float", "context": CONTEXT, "eval_samples": 1, "calib_samples": 1}))
-    subprocess.run([sys.executable, "-m", "edgec.toolchain.cli", "export", str(src), "--target", "cpu", "-o",
-                    str(out), "--recipe", str(recipe), "--quiet"], check=True, capture_output=True)
+    done = subprocess.run([sys.executable, "-m", "edgec.toolchain.cli", "export", str(src), "--target", "cpu", "-o",
+                           str(out), "--recipe", str(recipe), "--quiet"], capture_output=True, text=True)
+    if done.returncode:
+        return f"export failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:80]}"
     done = subprocess.run([str(RUNNER), str(out), "--prompt", prompt, "--max-new-tokens", str(new), "--json"],
                           capture_output=True, text=True)
     if done.returncode:

@@ -117,8 +117,9 @@ class TextGeneration(Task):
             raise InputError(f"calibration text {calib} has fewer than {length} tokens: give more text")
         held_texts = prose.split("heldout")
         held = _windows(_stream(tok, held_texts, eos), length, recipe.eval_samples or max(1, EVAL_TOKENS // length))
-        prompts = [tok.encode(t).ids[:PROMPT_TOKENS] for t in held_texts[:GOLDEN_PROMPTS]]
-        bench_prompt = tok.encode(held_texts[-1]).ids[:PROMPT_TOKENS]
+        room = max(1, min(PROMPT_TOKENS, context(cfg, recipe) - GOLDEN_TOKENS))  # the golden tokens must fit
+        prompts = [tok.encode(t).ids[:room] for t in held_texts[:GOLDEN_PROMPTS]]
+        bench_prompt = tok.encode(held_texts[-1]).ids[:room]
         source = "the built-in calibration chapters" if calib is None else str(calib)
         return Feeds(pool[:recipe.calib_samples], held, None,
                      f"{min(len(pool), recipe.calib_samples)} windows of {length} tokens from {source}",
