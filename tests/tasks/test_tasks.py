@@ -43,3 +43,17 @@ def test_checks_refuse_what_the_model_cannot_do(kind, recipe, words):
     _, config, _ = _models()[kind]
     with pytest.raises(InputError, match=words):
         TASKS[kind].check(config, recipe)
+
+
+@pytest.mark.parametrize("ctx", [32, 512])
+def test_lm_prompts_leave_room_for_the_golden_tokens(ctx):
+    """Windows span the context; golden and speed prompts plus the golden tokens fit in it."""
+    from edgec.tasks.generation import GOLDEN_TOKENS, TextGeneration
+    from edgec.toolchain.load import load
+    from edgec.toolchain.recipe import Recipe
+
+    model = load("tinylm")
+    feeds = TextGeneration().feeds(model, None, Recipe(context=ctx, eval_samples=2, calib_samples=2))
+    assert all(f["input_ids"].shape == (1, ctx) for f in feeds.eval + feeds.calib)
+    prompts = [f["input_ids"].shape[1] for f in [*feeds.golden, *feeds.bench.values()]]
+    assert max(prompts) + GOLDEN_TOKENS <= ctx and min(prompts) > 0
