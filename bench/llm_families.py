@@ -99,7 +99,8 @@ def _runner(src: Path, out: Path, prompt: str, new: int, want: list[int]) -> str
     if not RUNNER.is_file():
         return "not built (make desktop)"
     recipe = out.with_suffix(".json")
-    recipe.write_text(json.dumps({"weights": "float", "context": CONTEXT, "eval_samples": 1, "calib_samples": 1}))
+    recipe.write_text(json.dumps({"weights": "float", "context": CONTEXT, "eval_samples": 1, "calib_samples": 1,
+                                  "gguf": None, "compare_quantized_only": False}))
     done = subprocess.run([sys.executable, "-m", "edgec.toolchain.cli", "export", str(src), "--target", "cpu", "-o",
                            str(out), "--recipe", str(recipe), "--quiet"], capture_output=True, text=True)
     if done.returncode:
@@ -108,8 +109,8 @@ def _runner(src: Path, out: Path, prompt: str, new: int, want: list[int]) -> str
                           capture_output=True, text=True)
     if done.returncode:
         return f"failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:60]}"
-    tokens = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")][-1].get("tokens")
-    return _cell(tokens, want)
+    lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return _cell(next(j["tokens"] for j in lines if "tokens" in j), want)
 
 
 def main() -> None:
