@@ -55,30 +55,31 @@ def row(name: str, root: Path, new: int, runner: bool) -> dict:
     with torch.no_grad():
         want = hf.generate(torch.tensor([ids]), do_sample=False, max_new_tokens=new)[0, len(ids):].tolist()
     module = from_hf_decoder(hf.eval())
+    ctx = min(CONTEXT, module.max_pos)  # LongRoPE's static table serves its original length
     greedy = lambda lm: lm.generate(ids, new, Sampling()).tokens  # noqa: E731
     out = {"family": name}
-    export_genai(module, hf.config, src, root / f"{name}-genai", context=CONTEXT)
+    export_genai(module, hf.config, src, root / f"{name}-genai", context=ctx)
     out["ort-genai"] = _cell(greedy(ort_genai.load_lm(root / f"{name}-genai")), want)
-    export_llm_pte(module, hf.config, root / f"{name}.pte", CONTEXT)
+    export_llm_pte(module, hf.config, root / f"{name}.pte", ctx)
     out["executorch"] = _cell(greedy(executorch_llm.load_lm(root / f"{name}.pte", src / "tokenizer.json")), want)
     cfg = json.loads((root / f"{name}-genai" / "genai_config.json").read_text())
     cut_stages(root / f"{name}-genai" / "model.onnx", cfg, root / f"{name}-stages", module.attention())
     tiered = tiered_lm.load_lm(root / f"{name}-stages", src / "tokenizer.json", {"kv": KVOptions(chunk=8)})
     out["ort-tiered"] = _cell(greedy(tiered), want)
-    contract = export_float_decoder(module, root / f"{name}-float.onnx", CONTEXT, CHUNK)
+    contract = export_float_decoder(module, root / f"{name}-float.onnx", ctx, CHUNK)
     out["ort-cpu (npu graph, float)"] = _cell(greedy(htp_llm.load_lm(root / f"{name}-float.onnx", None, contract,
                                                                       runtime="ort-cpu")), want)
-    calib = [np.asarray(tok.encode(t).ids[:CONTEXT]) for t in (PROMPT * 4, "In the beginning God created")]
-    art, q = export_decoder_npu(module, root / f"{name}-npu.onnx", CONTEXT, CHUNK, calib)
+    calib = [np.asarray(tok.encode(t).ids[:ctx]) for t in (PROMPT * 4, "In the beginning God created")]
+    art, q = export_decoder_npu(module, root / f"{name}-npu.onnx", ctx, CHUNK, calib)
     htp = q["checks"]["htp"]
     ran = len(greedy(htp_llm.load_lm(art.path, None, q))) if htp["runs_fully"] else 0
     out["qnn-htp"] = f"A16W8 on HTP {htp['fraction']:.0%}, {ran} tokens" if ran else f"{htp['fraction']:.0%}, not run"
-    out["iree-vulkan"] = _iree(module, root / name, greedy, want)
-    out["C++ runner"] = _runner(src, root / f"{name}-bundle", PROMPT, new, want) if runner else "skipped"
+    out["iree-vulkan"] = _iree(module, root / name, greedy, want, ctx)
+    out["C++ runner"] = _runner(src, root / f"{name}-bundle", PROMPT, new, want, ctx) if runner else "skipped"
     return out
 
 
-def _iree(module, root: Path, greedy, want) -> str:
+def _iree(module, root: Path, greedy, want, ctx: int) -> str:
     from edgec.exporters.iree import SOFTWARE_VULKAN, compile_module, import_onnx
     from edgec.exporters.onnx_decoder_npu import export_float_decoder
     from edgec.runtimes import iree_gpu
@@ -88,18 +89,18 @@ def _iree(module, root: Path, greedy, want) -> str:
             return "no Vulkan device"
     except Exception as e:  # IREE missing
         return f"not installed ({e})"
-    contract = export_float_decoder(module, root / "gpu.onnx", CONTEXT, CHUNK)
+    contract = export_float_decoder(module, root / "gpu.onnx", ctx, CHUNK)
     tags = {"edgec.api": "vulkan", "edgec.arch": SOFTWARE_VULKAN, "edgec.export": root.name}
     import_onnx(root / "gpu.onnx").write(root / "gpu.mlirbc", tags)
     mod = compile_module(root / "gpu.mlirbc", root / "gpu.vmfb", "vulkan", SOFTWARE_VULKAN, "fp32")
     return _cell(greedy(iree_gpu.load_lm(mod.path, None, contract)), want)
 
 
-def _runner(src: Path, out: Path, prompt: str, new: int, want: list[int]) -> str:
+def _runner(src: Path, out: Path, prompt: str, new: int, want: list[int], ctx: int) -> str:
     if not RUNNER.is_file():
         return "not built (make desktop)"
     recipe = out.with_suffix(".json")
-    recipe.write_text(json.dumps({"weights": "float", "context": CONTEXT, "eval_samples": 1, "calib_samples": 1,
+    recipe.write_text(json.dumps({"weights": "float", "context": ctx, "eval_samples": 1, "calib_samples": 1,
                                   "gguf": None, "compare_quantized_only": False}))
     done = subprocess.run([sys.executable, "-m", "edgec.toolchain.cli", "export", str(src), "--target", "cpu", "-o",
                            str(out), "--recipe", str(recipe), "--quiet"], capture_output=True, text=True)
@@ -110,7 +111,8 @@ def _runner(src: Path, out: Path, prompt: str, new: int, want: list[int]) -> str
     if done.returncode:
         return f"failed: {(done.stderr.strip().splitlines() or ['?'])[-1][:60]}"
     lines = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
-    return _cell(next(j["tokens"] for j in lines if "tokens" in j), want)
+    tokens = next((j["tokens"] for j in lines if "tokens" in j), None)
+    return _cell(tokens, want) if tokens is not None else f"no tokens: {done.stderr.strip()[-80:]}"
 
 
 def main() -> None:
