@@ -101,8 +101,9 @@ class TextGeneration(Task):
         model.config.eos_token_id = eos_ids(model.config, model.source_dir)
         # real text at a seeded place in the held-out chapters: what the rebuilt model must reproduce
         ids = _stream(model.tokenizer, prose.split("heldout")[:4], None)
-        start = int(np.random.default_rng(0).integers(0, max(len(ids) - PROBE_TOKENS, 1)))
-        return {"input_ids": torch.from_numpy(ids[start:start + PROBE_TOKENS][None].copy())}
+        n = min(PROBE_TOKENS, static_positions(model.config))  # LongRoPE's static table: its original length
+        start = int(np.random.default_rng(0).integers(0, max(len(ids) - n, 1)))
+        return {"input_ids": torch.from_numpy(ids[start:start + n][None].copy())}
 
     def feeds(self, model, calib: Path | None, recipe) -> Feeds:
         cfg, tok = model.config, model.tokenizer
