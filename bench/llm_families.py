@@ -28,7 +28,9 @@ RUNNER = Path(__file__).resolve().parent.parent / "build" / "desktop" / "edgec-r
 
 
 def _cell(got: list[int], want: list[int]) -> str:
-    return "same" if got == want else f"differs at {next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)}"
+    if got == want:
+        return "same"
+    return f"differs at {next((i for i, (a, b) in enumerate(zip(got, want)) if a != b), min(len(got), len(want)))}"
 
 
 def row(name: str, root: Path, new: int, runner: bool) -> dict:
@@ -64,7 +66,9 @@ def row(name: str, root: Path, new: int, runner: bool) -> dict:
     out["executorch"] = _cell(greedy(executorch_llm.load_lm(root / f"{name}.pte", src / "tokenizer.json")), want)
     cfg = json.loads((root / f"{name}-genai" / "genai_config.json").read_text())
     cut_stages(root / f"{name}-genai" / "model.onnx", cfg, root / f"{name}-stages", module.attention())
-    tiered = tiered_lm.load_lm(root / f"{name}-stages", src / "tokenizer.json", {"kv": KVOptions(chunk=8)})
+    eos = [hf.config.eos_token_id] if isinstance(hf.config.eos_token_id, int) else list(hf.config.eos_token_id)
+    tiered = tiered_lm.load_lm(root / f"{name}-stages", src / "tokenizer.json",
+                               {"kv": KVOptions(chunk=8), "eos_token_ids": eos})
     out["ort-tiered"] = _cell(greedy(tiered), want)
     contract = export_float_decoder(module, root / f"{name}-float.onnx", ctx, CHUNK)
     out["ort-cpu (npu graph, float)"] = _cell(greedy(htp_llm.load_lm(root / f"{name}-float.onnx", None, contract,
