@@ -43,6 +43,7 @@ def row(name: str, root: Path, new: int, runner: bool) -> dict:
     from edgec.exporters.onnx_genai import export_genai
     from edgec.exporters.onnx_stages import cut_stages
     from edgec.models.hf_decoder import from_hf_decoder
+    from edgec.models.special_ids import eos_ids
     from edgec.runtimes import executorch_llm, htp_llm, ort_genai, tiered_lm
     from edgec.runtimes.kv_tiers import KVOptions
     from edgec.runtimes.llm import Sampling
@@ -66,24 +67,25 @@ def row(name: str, root: Path, new: int, runner: bool) -> dict:
     out["executorch"] = _cell(greedy(executorch_llm.load_lm(root / f"{name}.pte", src / "tokenizer.json")), want)
     cfg = json.loads((root / f"{name}-genai" / "genai_config.json").read_text())
     cut_stages(root / f"{name}-genai" / "model.onnx", cfg, root / f"{name}-stages", module.attention())
-    eos = [hf.config.eos_token_id] if isinstance(hf.config.eos_token_id, int) else list(hf.config.eos_token_id)
+    eos = eos_ids(hf.config, src)
     tiered = tiered_lm.load_lm(root / f"{name}-stages", src / "tokenizer.json",
                                {"kv": KVOptions(chunk=8), "eos_token_ids": eos})
     out["ort-tiered"] = _cell(greedy(tiered), want)
     contract = export_float_decoder(module, root / f"{name}-float.onnx", ctx, CHUNK)
-    out["ort-cpu (npu graph, float)"] = _cell(greedy(htp_llm.load_lm(root / f"{name}-float.onnx", None, contract,
-                                                                      runtime="ort-cpu")), want)
+    ends = {"eos_token_ids": eos}  # each host loop stops at the model's end ids, as transformers does
+    out["ort-cpu (npu graph, float)"] = _cell(greedy(htp_llm.load_lm(root / f"{name}-float.onnx", None,
+                                                                      {**contract, **ends}, runtime="ort-cpu")), want)
     calib = [np.asarray(tok.encode(t).ids[:ctx]) for t in (PROMPT * 4, "In the beginning God created")]
     art, q = export_decoder_npu(module, root / f"{name}-npu.onnx", ctx, CHUNK, calib)
     htp = q["checks"]["htp"]
-    ran = len(greedy(htp_llm.load_lm(art.path, None, q))) if htp["runs_fully"] else 0
+    ran = len(greedy(htp_llm.load_lm(art.path, None, {**q, **ends}))) if htp["runs_fully"] else 0
     out["qnn-htp"] = f"A16W8 on HTP {htp['fraction']:.0%}, {ran} tokens" if ran else f"{htp['fraction']:.0%}, not run"
-    out["iree-vulkan"] = _iree(module, root / name, greedy, want, ctx)
+    out["iree-vulkan"] = _iree(module, root / name, greedy, want, ctx, ends)
     out["C++ runner"] = _runner(src, root / f"{name}-bundle", PROMPT, new, want, ctx) if runner else "skipped"
     return out
 
 
-def _iree(module, root: Path, greedy, want, ctx: int) -> str:
+def _iree(module, root: Path, greedy, want, ctx: int, ends: dict) -> str:
     from edgec.exporters.iree import SOFTWARE_VULKAN, compile_module, import_onnx
     from edgec.exporters.onnx_decoder_npu import export_float_decoder
     from edgec.runtimes import iree_gpu
@@ -97,7 +99,7 @@ def _iree(module, root: Path, greedy, want, ctx: int) -> str:
     tags = {"edgec.api": "vulkan", "edgec.arch": SOFTWARE_VULKAN, "edgec.export": root.name}
     import_onnx(root / "gpu.onnx").write(root / "gpu.mlirbc", tags)
     mod = compile_module(root / "gpu.mlirbc", root / "gpu.vmfb", "vulkan", SOFTWARE_VULKAN, "fp32")
-    return _cell(greedy(iree_gpu.load_lm(mod.path, None, contract)), want)
+    return _cell(greedy(iree_gpu.load_lm(mod.path, None, {**contract, **ends})), want)
 
 
 def _runner(src: Path, out: Path, prompt: str, new: int, want: list[int], ctx: int) -> str:
