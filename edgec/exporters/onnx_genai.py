@@ -1,9 +1,13 @@
 """A decoder bundle that ONNX Runtime GenAI runs as is: model.onnx, genai_config.json and the tokenizer.
 
-GenAI feeds the whole KV history back in each step and takes back the grown
-one (`past_present_share_buffer` false), so the graph only concatenates: no
-in-place cache op, and the same model.onnx scores whole sequences under plain
-ONNX Runtime with a zero-length past.
+Two graphs of the same decoder. "fused" (the default; `onnx_genai_fused`) is
+written on ONNX Runtime's fused CPU kernels, its KV cache a buffer GenAI
+allocates once and GroupQueryAttention writes in place. "plain" is traced
+from torch: GenAI feeds the whole KV history back in each step and takes back
+the grown one (`past_present_share_buffer` false), so the graph only
+concatenates and every op is a standard one; decoders GroupQueryAttention
+cannot express get it, and it is what the tiered KV cache cuts into stages.
+Both score whole sequences under plain ONNX Runtime with a zero-length past.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import torch
 
 from edgec.errors import ExportError, InputError
 from edgec.exporters.artifact import Artifact
+from edgec.exporters.onnx_genai_fused import fused_decoder, unfusable
 from edgec.models.decoder import Decoder
 
 OPSET = 21
@@ -25,6 +30,10 @@ OPSET = 21
 GENAI_TYPES = {"llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text", "phi3", "smollm3", "granite"}
 WEIGHT_BITS = {"float": None, "int8": 8, "int4": 4}
 BLOCK = 32  # MatMulNBits block: one scale per 32 input channels
+# MatMulNBits computes with int8 activations (the kernels llama.cpp's Q4_0 x Q8_0 dot products match); 1.5x
+# the decode speed of float activations on the 100M bench config
+ACCURACY_LEVEL = 4
+GRAPHS = ("fused", "plain")
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 
@@ -64,12 +73,16 @@ def io_names(n_layers: int) -> tuple[list[str], list[str]]:
 
 
 def export_genai(module: Decoder, hf_config, tokenizer_dir: Path, out_dir: Path,
-                 weights: str = "float", context: int | None = None, threads: int | None = None) -> Artifact:
+                 weights: str = "float", context: int | None = None, threads: int | None = None,
+                 graph: str = "fused") -> Artifact:
     """Write model.onnx (+ .data), genai_config.json and the tokenizer files into `out_dir`;
     `context` (default: the model's positions) is the longest sequence GenAI will run; `threads`, when
-    given, is written into genai_config.json (else the runtime picks, so a bigger device uses its cores)."""
+    given, is written into genai_config.json (else the runtime picks, so a bigger device uses its cores);
+    `graph` "fused" falls back to "plain" where the decoder needs it (the manifest says why)."""
     if weights not in WEIGHT_BITS:
         raise InputError(f"unknown weights '{weights}' for ONNX Runtime GenAI: use one of {', '.join(WEIGHT_BITS)}")
+    if graph not in GRAPHS:
+        raise InputError(f"unknown graph '{graph}' for ONNX Runtime GenAI: use one of {', '.join(GRAPHS)}")
     kv_heads = {layer.attn.kv_heads for layer in module.layers}
     if len(kv_heads) != 1:
         raise ExportError(f"ONNX Runtime GenAI needs the same number of KV heads in every layer, "
@@ -79,24 +92,43 @@ def export_genai(module: Decoder, hf_config, tokenizer_dir: Path, out_dir: Path,
     if missing:
         raise InputError(f"{tokenizer_dir} has no {', '.join(missing)}: ONNX Runtime GenAI needs an HF fast tokenizer")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / MODEL_FILE
-    _export(module, path)
+    path, context = out_dir / MODEL_FILE, context or module.max_pos
+    why_plain = unfusable(module) if graph == "fused" else "asked for"
+    if why_plain is None:
+        _save(fused_decoder(module, context), path)
+    else:
+        _export(module, path)
     if WEIGHT_BITS[weights]:
         _quantize(path, path, WEIGHT_BITS[weights])
     for name in TOKENIZER_FILES:
         shutil.copyfile(tokenizer_dir / name, out_dir / name)
-    config = genai_config(module, hf_config, context or module.max_pos, threads)
+    config = genai_config(module, hf_config, context, threads, shared_cache=why_plain is None)
     (out_dir / "genai_config.json").write_text(json.dumps(config, indent=2))
-    return Artifact(path, "onnx", "ort-genai", manifest=_engine(weights, module.attention()))
+    graph = {"graph": "fused"} if why_plain is None else {"graph": "plain", "why_plain": why_plain}
+    return Artifact(path, "onnx", "ort-genai", manifest=_engine(weights, module.attention(), graph))
 
 
-def _engine(weights: str, attention: list[dict]) -> dict:
+def _save(model, path: Path) -> None:
+    import onnx
+
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    onnx.save(model, path, save_as_external_data=True, location=data.name, size_threshold=1024)
+
+
+CACHES = {"fused": ("past_key_values.%d.key/value in, present.%d.key/value out: one buffer [batch, kv_heads, "
+                    "context, head_dim] GroupQueryAttention writes in place (past_present_share_buffer); "
+                    "attention_mask covers the tokens so far"),
+          "plain": ("past_key_values.%d.key/value in, present.%d.key/value = past + new out, "
+                    "[batch, kv_heads, sequence, head_dim]; attention_mask covers past + new")}
+
+
+def _engine(weights: str, attention: list[dict], graph: dict) -> dict:
     """`attention`: each layer's score scale, soft cap and window, for a runtime that cuts the graph at its
     attention cores and computes attention itself (the tiered KV cache)."""
     return {"engine": {"reader": "ONNX Runtime GenAI: og.Model(the folder holding this file)",
-                       "config": "genai_config.json", "weights": weights, "attention": attention,
-                       "cache": ("past_key_values.%d.key/value in, present.%d.key/value = past + new out, "
-                                 "[batch, kv_heads, sequence, head_dim]; attention_mask covers past + new")}}
+                       "config": "genai_config.json", "weights": weights, **graph, "attention": attention,
+                       "cache": CACHES[graph["graph"]]}}
 
 
 def quantize_genai(bundle: Artifact, out_dir: Path, weights: str) -> Artifact:
@@ -104,7 +136,8 @@ def quantize_genai(bundle: Artifact, out_dir: Path, weights: str) -> Artifact:
     variants without re-tracing."""
     if WEIGHT_BITS.get(weights) is None:
         raise InputError(f"cannot quantize to '{weights}': use int8 or int4")
-    attention = bundle.manifest["engine"]["attention"]
+    engine = bundle.manifest["engine"]
+    graph = {k: engine[k] for k in ("graph", "why_plain") if k in engine}
     bundle, out_dir = bundle.path.parent, Path(out_dir)
     if not (bundle / "genai_config.json").is_file():
         raise InputError(f"{bundle} is no ONNX Runtime GenAI bundle (no genai_config.json); export it first")
@@ -112,7 +145,7 @@ def quantize_genai(bundle: Artifact, out_dir: Path, weights: str) -> Artifact:
     _quantize(bundle / MODEL_FILE, out_dir / MODEL_FILE, WEIGHT_BITS[weights])
     for name in ("genai_config.json", *TOKENIZER_FILES):
         shutil.copyfile(bundle / name, out_dir / name)
-    return Artifact(out_dir / MODEL_FILE, "onnx", "ort-genai", manifest=_engine(weights, attention))
+    return Artifact(out_dir / MODEL_FILE, "onnx", "ort-genai", manifest=_engine(weights, engine["attention"], graph))
 
 
 def _example(module: Decoder, batch: int = 2, seq: int = 3, past: int = 4) -> tuple[torch.Tensor, ...]:
@@ -170,16 +203,14 @@ def _quantize(src: Path, path: Path, bits: int) -> None:
         # 8-bit Gather): on tinylm 6.4 -> 3.5 MB at the same held-out perplexity
         ops = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
         quantizer = nbits.MatMulNBitsQuantizer(model, bits=bits, block_size=BLOCK, is_symmetric=True,
-                                               op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
+                                               accuracy_level=ACCURACY_LEVEL, op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
         quantizer.process()
     except Exception as e:  # the quantizer asserts and raises plain errors on graphs it cannot take
         raise ExportError(f"MatMulNBits {bits}-bit quantization failed ({type(e).__name__}: {e}); "
                           "export with weights='float'") from e
     finally:
         logger.setLevel(level)
-    data = path.with_name(path.name + ".data")
-    data.unlink(missing_ok=True)
-    onnx.save(quantizer.model.model, path, save_as_external_data=True, location=data.name)
+    _save(quantizer.model.model, path)
 
 
 def _fold_transposed_weights(model) -> None:
@@ -209,9 +240,12 @@ def _fold_transposed_weights(model) -> None:
         graph.node.remove(n)
 
 
-def genai_config(module: Decoder, hf_config, context: int, threads: int | None = None) -> dict:
-    """The genai_config.json GenAI 0.18 reads: what its model builder writes, for a concat-style graph."""
+def genai_config(module: Decoder, hf_config, context: int, threads: int | None = None,
+                 shared_cache: bool = False) -> dict:
+    """The genai_config.json GenAI 0.18 reads, as its model builder writes it; `shared_cache` for the fused
+    graph (one KV buffer, positions from the attention mask), else for the plain concatenating one."""
     attn, eos = module.layers[0].attn, _token_id(hf_config, "eos_token_id")
+    positions = {} if shared_cache else {"position_ids": "position_ids"}
     return {
         "model": {
             "bos_token_id": _token_id(hf_config, "bos_token_id"),
@@ -226,8 +260,8 @@ def genai_config(module: Decoder, hf_config, context: int, threads: int | None =
                 "filename": MODEL_FILE,
                 "head_size": attn.head_dim,
                 "hidden_size": module.embed.embedding_dim,
-                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask",
-                           "position_ids": "position_ids", "past_key_names": "past_key_values.%d.key",
+                "inputs": {"input_ids": "input_ids", "attention_mask": "attention_mask", **positions,
+                           "past_key_names": "past_key_values.%d.key",
                            "past_value_names": "past_key_values.%d.value"},
                 "outputs": {"logits": "logits", "present_key_names": "present.%d.key",
                             "present_value_names": "present.%d.value"},
@@ -237,7 +271,7 @@ def genai_config(module: Decoder, hf_config, context: int, threads: int | None =
             },
         },
         "search": {"do_sample": False, "max_length": context, "min_length": 0, "num_beams": 1,
-                   "num_return_sequences": 1, "past_present_share_buffer": False, "repetition_penalty": 1.0,
+                   "num_return_sequences": 1, "past_present_share_buffer": shared_cache, "repetition_penalty": 1.0,
                    "temperature": 1.0, "top_k": 0, "top_p": 1.0, "early_stopping": True,
                    "length_penalty": 1.0, "no_repeat_ngram_size": 0, "diversity_penalty": 0.0},
     }

@@ -53,13 +53,15 @@ class GenaiSession:
         past = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
                 for i in self._scorer.get_inputs() if i.name.startswith("past_key_values.")}
         names = ["logits", *(n.replace("past_key_values", "present") for n in past)]
+        takes = {i.name for i in self._scorer.get_inputs()}
         logits = []
         for start in range(0, len(ids), WINDOW):  # windows over a growing cache: same logits as one pass
             chunk = ids[start:start + WINDOW]
             end = start + len(chunk)
-            outputs = self._scorer.run(names, {
-                "input_ids": chunk[None], "attention_mask": np.ones((1, end), np.int64),
-                "position_ids": np.arange(start, end, dtype=np.int64)[None], **past})
+            feeds = {"input_ids": chunk[None], "attention_mask": np.ones((1, end), np.int64), **past}
+            if "position_ids" in takes:  # the plain graph; the fused one counts positions from the mask
+                feeds["position_ids"] = np.arange(start, end, dtype=np.int64)[None]
+            outputs = self._scorer.run(names, feeds)
             logits.append(outputs[0][0])
             past = dict(zip(past, outputs[1:]))
         return np.concatenate(logits)

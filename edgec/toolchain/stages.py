@@ -63,7 +63,8 @@ def stages_for_model(model_dir: Path, name: str) -> Path:
     module = from_hf(load_hf_lm(model_dir))
     with atomic_dir(out) as (work, scratch):
         genai = scratch / "genai"  # the whole-model export the stages are cut from; removed with scratch
-        export_genai(module, AutoConfig.from_pretrained(model_dir, local_files_only=True), model_dir, genai)
+        export_genai(module, AutoConfig.from_pretrained(model_dir, local_files_only=True), model_dir, genai,
+                     graph="plain")
         cut_stages(genai / "model.onnx", json.loads((genai / "genai_config.json").read_text()), work,
                    module.attention())
     return out

@@ -19,18 +19,19 @@ from edgec.runtimes.tokens import TokenBytes
 from edgec.zoo.seeded import seeded_decoder_dir
 
 PROMPTS = ["The river was", "Once upon a time, in a quiet town"]
-KINDS = ["llama", "qwen2"]
+CASES = {"llama": ("llama", "fused"), "qwen2": ("qwen2", "fused"), "llama-plain": ("llama", "plain")}
+KINDS = list(CASES)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    """Per model type: the HF directory, the HF model and its float GenAI bundle."""
+    """Per case: the HF directory, the HF model and its float GenAI bundle (fused or plain graph)."""
     root, result = tmp_path_factory.mktemp("genai"), {}
-    for kind in KINDS:
-        src = seeded_decoder_dir(root / kind, kind, num_hidden_layers=1)
+    for case, (kind, graph) in CASES.items():
+        src = seeded_decoder_dir(root / case, kind, num_hidden_layers=1)
         hf = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
-        artifact = export_genai(from_hf_decoder(hf), hf.config, src, root / f"{kind}-float")
-        result[kind] = src, hf, artifact
+        artifact = export_genai(from_hf_decoder(hf), hf.config, src, root / f"{case}-float", graph=graph)
+        result[case] = src, hf, artifact
     return result
 
 
@@ -55,7 +56,12 @@ def test_bundle_layout(models, kind):
     assert {"genai_config.json", "model.onnx", "tokenizer.json", "tokenizer_config.json"} <= {
         p.name for p in bundle.iterdir()}
     config = json.loads((bundle / "genai_config.json").read_text())
-    assert config["search"]["past_present_share_buffer"] is False
+    fused = CASES[kind][1] == "fused"
+    assert artifact.manifest["engine"]["graph"] == CASES[kind][1]
+    assert config["search"]["past_present_share_buffer"] is fused  # GroupQueryAttention writes in place
+    assert ("position_ids" in config["model"]["decoder"]["inputs"]) is not fused
+    ops = {n.op_type for n in onnx.load(artifact.path, load_external_data=False).graph.node}
+    assert ({"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= ops) is fused
     assert config["model"]["context_length"] == hf.config.max_position_embeddings
     assert config["model"]["decoder"]["num_key_value_heads"] == hf.config.num_key_value_heads
     session = load_lm(bundle)
@@ -113,12 +119,16 @@ def test_sampling_is_seeded(models):
     assert runs[0] == runs[1] != runs[2]
 
 
-def test_int4_weights(models, tmp_path):
-    src, hf, float_artifact = models["llama"]
+@pytest.mark.parametrize("case,per_layer", [("llama", 4), ("llama-plain", 7)])  # fused: q/k/v and gate/up packed
+def test_int4_weights(models, tmp_path, case, per_layer):
+    src, hf, float_artifact = models[case]
     artifact = quantize_genai(float_artifact, tmp_path / "int4", "int4")
+    assert artifact.manifest["engine"]["graph"] == CASES[case][1]
     graph = onnx.load(artifact.path, load_external_data=False).graph
     weights = {i.name for i in graph.initializer}
-    assert sum(n.op_type == "MatMulNBits" for n in graph.node) == 7 * hf.config.num_hidden_layers + 1  # + lm_head
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert len(nbits) == per_layer * hf.config.num_hidden_layers + 1  # + lm_head
+    assert all(next(a.i for a in n.attribute if a.name == "accuracy_level") == 4 for n in nbits)
     assert not [n for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     assert _bundle_bytes(artifact) < 0.6 * _bundle_bytes(float_artifact)
     session = load_lm(artifact.path.parent)
