@@ -86,12 +86,15 @@ def export_llm_pte(module: Decoder, hf_config, out_path: Path, context: int,
     methods = metadata(module, hf_config, context, num_bos)
     lowered = _lower(program, methods)
     write_atomic(out_path, lambda tmp: Path(tmp).write_bytes(lowered.buffer))
-    vocab = module.embed.num_embeddings
+    vocab, hidden = module.embed.num_embeddings, module.embed.embedding_dim
+    # the token table, read one row a token: int8 rows and a float32 scale per row, else float32 (a tied
+    # output head is XNNPACK's own packed copy, read whole)
+    table = vocab * (hidden + 4) if weights != "float" else vocab * hidden * 4
     io = {"inputs": [{"name": "input_ids", "dtype": "int64", "shape": [1, "sequence"], "quantization": None},
                      {"name": "cache_position", "dtype": "int64", "shape": ["sequence"], "quantization": None}],
           "outputs": [{"name": "logits", "dtype": "float32", "shape": [1, 1, vocab], "quantization": None}],
           "engine": {"reader": "ExecuTorch's TextLLMRunner, or Module::forward in a C++ loop",
-                     "metadata_methods": methods, "weights": weights,
+                     "metadata_methods": methods, "weights": weights, "token_table_bytes": table,
                      "cache": (f"static, inside the program: one key and one value buffer per layer, [1, kv_heads, "
                                f"{context}, head_dim], written at cache_position; key slot j is visible to the "
                                "query at position p when j <= p; forward returns the last position's logits")}}

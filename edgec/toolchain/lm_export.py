@@ -49,7 +49,7 @@ class LMExport:
         self.artifacts = built.artifacts
         self.report.update(built.report)
         self.report["perplexity"] = self._perplexity(module, built)
-        self.report["generation_speed"] = self._speed(built)
+        self.report["generation_speed"] = self._speed(built, module)
         self.report["float_bytes"] = 4 * sum(p.numel() for p in self.model.module.parameters())
         self.report["context_length"] = context(self.model.config, self.recipe)
         return self.report
@@ -104,7 +104,29 @@ class LMExport:
                     **perplexity(got), "float": perplexity(eager[:n])["value"], "kind": kind, "bytes": art.bytes}
         return out
 
-    def _speed(self, built: Built) -> dict:
+    def _bound(self, rows: dict, runs: list, module, position: float, built: Built) -> dict:
+        """Bytes each row reads per decoded token and the fraction of the memory read bound it reaches."""
+        from edgec.toolchain import decode_bound as db
+
+        threads = max(int(v["threads"] or 1) for v in rows.values())
+        with self.progress.step(f"memory read bandwidth ({threads} threads)"):
+            bandwidth = db.read_bandwidth(threads)
+        manifests = {a.path: a for a in built.artifacts + built.references}
+        for rt, path, _ in runs:
+            v = rows.get(f"{self.name(path)}@{rt}")
+            if v is None:
+                continue
+            art = manifests.get(path)
+            weights = db.torch_weight_bytes(self.model.module) if art is None else \
+                db.weight_bytes_per_token(art.path, art.format, art.manifest)
+            if weights is None:
+                continue
+            v["bytes_per_token"] = weights + db.kv_bytes_per_token(module, position, db.KV_ELEMENT_BYTES.get(rt, 4))
+            v["bandwidth_fraction"] = round(db.fraction(v["decode_tokens_per_s"], v["bytes_per_token"], bandwidth), 3)
+        return {"bytes_per_s": round(bandwidth), "threads": threads, "method": db.BANDWIDTH_METHOD,
+                "mean_position": position}
+
+    def _speed(self, built: Built, module) -> dict:
         """Prefill and decode tokens/s, time to first token and peak memory, one process per runtime;
         a simulator's wall time is reported apart and never as device speed."""
         feed = next(iter(self.feeds.bench.values()))
@@ -133,7 +155,8 @@ class LMExport:
         for v in out.values():
             v["decode_vs_float_eager"] = round(v["decode_tokens_per_s"] / base, 2)
         result = {"prompt": f"first {len(prompt)} tokens of a held-out chapter", "new_tokens": new_tokens,
-                  "per_runtime": out}
+                  "per_runtime": out,
+                  "bound": self._bound(out, runs, module, len(prompt) + new_tokens / 2, built)}
         if sim:
             result["simulator"] = sim
         return result

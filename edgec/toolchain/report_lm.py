@@ -47,17 +47,49 @@ def _speed(s: dict, r: dict) -> list[str]:
              "model). This machine, one run: compare ratios, not absolute times.", ""]
     rows = [[f"`{k}`", v["kind"], _num(v["prefill_tokens_per_s"]), _num(v["decode_tokens_per_s"]),
              _num(v["time_to_first_token_ms"]), f"{v['peak_rss_mb']:.0f}",
-             f"{v['decode_vs_float_eager']:.2f}x", v["threads"]] for k, v in s["per_runtime"].items()]
+             f"{v['decode_vs_float_eager']:.2f}x", _num(v.get("bytes_per_token", 0) / 1e6 or None, ".2f"),
+             _num(v.get("bandwidth_fraction"), ".2f"), v["threads"]] for k, v in s["per_runtime"].items()]
     lines += _table(["artifact@runtime", "kind", "prefill tok/s", "decode tok/s", "first token ms",
-                     "peak MB", "decode vs float eager", "threads"], rows)
+                     "peak MB", "decode vs float eager", "MB read per token", "of the bound", "threads"], rows)
+    if s.get("bound"):
+        b = s["bound"]
+        lines += [f"The bound: a decoded token reads every weight once (the token table one row) and the KV "
+                  f"cache so far (counted at position {b['mean_position']:.0f}, the mean of the decode), so "
+                  f"decode tok/s x MB read per token cannot pass this machine's memory read bandwidth, "
+                  f"measured at **{b['bytes_per_s'] / 1e9:.1f} GB/s** on {b['threads']} threads "
+                  f"({b['method']}). \"of the bound\" is the fraction a row reaches.", ""]
     shipped = {k: v for k, v in s["per_runtime"].items() if v["kind"] == "artifact"}
     if shipped:
         best = max(shipped, key=lambda k: shipped[k]["decode_tokens_per_s"])
         lines += [f"Fastest decode of the shipped artifacts: `{best}`.", ""]
+    lines += _slower_than_float(s["per_runtime"], r["machine"].get("llc_bytes"))
     for k, v in s.get("simulator", {}).items():
         lines += [f"`{k}`: the {v['prompt_tokens']}-token prompt took {v['time_to_first_token_ms']:.0f} ms to the "
                   f"first token, then {_num(v['decode_tokens_per_s'], '.2f')} tokens/s over {v['new_tokens']} tokens: "
                   f"{v['note']}.", ""]
     m = r["machine"]
     lines += [f"Machine: {m.get('cpu')}, {m.get('logical_cores')} logical cores.", ""]
+    return lines
+
+
+def _slower_than_float(rows: dict, llc: int | None) -> list[str]:
+    """A shipped quantized artifact that decodes slower than the float reference on the same engine, and
+    why: weights that fit in the last-level cache make decode compute-bound, where dequantizing costs more
+    than the bytes it saves."""
+    lines = []
+    refs = {k.rpartition("@")[2]: v for k, v in rows.items() if v["kind"] == "reference"}
+    for k, v in rows.items():
+        ref = refs.get(k.rpartition("@")[2])
+        if v["kind"] != "artifact" or ref is None or v["decode_tokens_per_s"] >= ref["decode_tokens_per_s"]:
+            continue
+        ratio = v["decode_tokens_per_s"] / ref["decode_tokens_per_s"]
+        read = ref.get("bytes_per_token")
+        if read and llc and read <= llc:
+            why = (f"the float weights ({read / 1e6:.1f} MB read per token) fit in this CPU's "
+                   f"{llc / 1e6:.0f} MB last-level cache, so decode is bound by compute, not memory, and "
+                   "dequantizing costs more than the bytes it saves; on a model larger than the cache the "
+                   "quantized file is the faster one")
+        else:
+            why = "this engine's quantized kernels are slower than its float ones at these shapes"
+        lines += [f"`{k}` decodes at {ratio:.2f}x the float reference on the same engine: {why}.", ""]
     return lines
