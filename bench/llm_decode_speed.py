@@ -1,26 +1,46 @@
-"""Decode speed and file size of a realistic-size decoder on this CPU, every engine in one run.
+"""Decode speed of a realistic-size decoder on this CPU against the engines a user would pick instead.
 
     python -m bench.llm_decode_speed [--layers 12] [--hidden 768] [--context 256] [--new-tokens 64]
+                                     [--rounds 3] [--skip-tinylm]
 
 A seeded Llama config of about 100M parameters (hidden 768, 12 layers, 12
 query / 4 KV heads, SwiGLU 2048, vocab 32000, tied embeddings: speed only,
-its weights are random). It is exported the way `edgec export --target cpu`
-does (ONNX for ONNX Runtime GenAI in float and int4, ExecuTorch programs in
-float and 8da4w), and each engine generates greedily after the same 64-token
-prompt in its own process, 2 threads, median of 3 runs after a warm-up.
-Bars: the 8da4w `.pte` decodes >= 2.0x the tokens/s of float eager torch with
-a file <= 0.30x the float `.pte`; the int4 ONNX through ort-genai >= 2.0x float eager.
+its weights are random), exported the way `edgec export --target cpu` does
+(ONNX for ONNX Runtime GenAI on the fused kernels, float and int4; the
+traced plain-op int4 graph beside it; ExecuTorch programs in float and
+8da4w; model.gguf Q4_0), against onnxruntime-genai's own model builder
+(int4, cpu) and llama.cpp's own convert_hf_to_gguf.py + quantizer (Q4_0)
+on the same weights. Every engine generates greedily after the same 64-token
+prompt in its own process, 2 threads; --rounds rounds, engines alternating
+within each, the median per engine. Each row also shows the bytes a decoded
+token reads and the fraction of this machine's memory read bandwidth it
+reaches (edgec.toolchain.decode_bound).
+
+Then, on the zoo's trained tinylm: edgec's int4 ONNX against the builder's
+(greedy tokens on 8 held-out prompts, file size) and edgec's Q4_0 GGUF
+against llama.cpp's own (held-out perplexity).
+
+llama.cpp's converter comes from the llama-cpp-python sdist of the installed
+version (downloaded once from PyPI into ~/.cache/edgec).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
+import subprocess
+import sys
+import tarfile
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 from edgec.toolchain.quiet import quiet_libraries
+
+THREADS = 2
 
 
 def seeded_dir(out: Path, layers: int, hidden: int) -> Path:
@@ -41,70 +61,220 @@ def seeded_dir(out: Path, layers: int, hidden: int) -> Path:
     return out
 
 
+def builder_int4(src: Path, out: Path) -> Path:
+    """onnxruntime-genai's own model builder, int4 for the CPU."""
+    done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(src), "-o", str(out),
+                           "-p", "int4", "-e", "cpu", "-c", str(out.parent / f"{out.name}-cache")],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"the GenAI model builder failed: {done.stderr.strip()[-500:]}")
+    return out / "model.onnx"
+
+
+def llama_cpp_source() -> Path:
+    """llama.cpp's tree from the installed llama-cpp-python's sdist (its converter and gguf-py)."""
+    from importlib.metadata import version
+
+    from edgec.cache import cache_root
+
+    ver = version("llama_cpp_python")
+    root = cache_root() / "llama-cpp-src" / ver
+    tree = root / f"llama_cpp_python-{ver}" / "vendor" / "llama.cpp"
+    if not (tree / "convert_hf_to_gguf.py").is_file():
+        root.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
+                        f"llama-cpp-python=={ver}", "-d", str(root)], check=True)
+        with tarfile.open(next(root.glob("llama_cpp_python-*.tar.gz"))) as tar:
+            tar.extractall(root, filter="data")
+    return tree
+
+
+def llama_cpp_q4_0(src: Path, out: Path) -> Path:
+    """llama.cpp's own path from an HF directory: convert_hf_to_gguf.py to F32, then its quantizer to Q4_0."""
+    from edgec.exporters.gguf import quantize
+
+    f32 = out.with_suffix(".f32.gguf")
+    done = subprocess.run([sys.executable, str(llama_cpp_source() / "convert_hf_to_gguf.py"), str(src),
+                           "--outfile", str(f32), "--outtype", "f32"], capture_output=True, text=True)
+    if done.returncode:
+        raise SystemExit(f"llama.cpp's convert_hf_to_gguf.py failed: {done.stderr.strip()[-500:]}")
+    quantize(f32, out, "Q4_0")
+    f32.unlink()
+    return out
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}x" if b else "-"
+
+
+def speed_table(args, tmp: Path) -> dict:
+    import transformers
+
+    from edgec.calibration import prose
+    from edgec.exporters.executorch_llm import export_llm_pte
+    from edgec.exporters.gguf import export_gguf
+    from edgec.exporters.onnx_genai import export_genai
+    from edgec.models.hf_decoder import from_hf_decoder
+    from edgec.runtimes.tokens import TokenBytes
+    from edgec.toolchain import decode_bound as db
+    from edgec.toolchain.lm_speed import measure
+
+    src = seeded_dir(tmp / "model", args.layers, args.hidden)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(src)
+    module = from_hf_decoder(hf)
+    params = sum(p.numel() for p in hf.parameters())
+    info = {"bos_token_id": 0, "eos_token_ids": [1], "pad_token_id": 2, "context_length": args.context,
+            "vocab_size": 32000}
+    prompt = TokenBytes(src / "tokenizer.json").encode(prose.split("heldout")[0])[:64]
+    ctx = args.context
+    builds = {  # name -> (runtime, format, build)
+        "float eager@torch": ("torch", None, lambda: src),
+        "float.pte@executorch": ("executorch", "pte", lambda: export_llm_pte(module, hf.config, tmp / "f.pte", ctx)),
+        "8da4w.pte@executorch": ("executorch", "pte",
+                                 lambda: export_llm_pte(module, hf.config, tmp / "q.pte", ctx, weights="8da4w")),
+        "float onnx@ort-genai": ("ort-genai", "onnx",
+                                 lambda: export_genai(module, hf.config, src, tmp / "onnx-float", context=ctx)),
+        "int4 onnx@ort-genai": ("ort-genai", "onnx", lambda: export_genai(module, hf.config, src, tmp / "onnx-int4",
+                                                                         weights="int4", context=ctx)),
+        "int4 onnx, plain graph@ort-genai": ("ort-genai", "onnx", lambda: export_genai(
+            module, hf.config, src, tmp / "onnx-plain", weights="int4", context=ctx, graph="plain")),
+        "GenAI builder int4@ort-genai": ("ort-genai", "onnx", lambda: builder_int4(src, tmp / "builder")),
+        "model.gguf Q4_0@llama-cpp": ("llama-cpp", "gguf",
+                                      lambda: export_gguf(module, hf.config, src, tmp / "edgec.gguf", "Q4_0")),
+        "llama.cpp's own Q4_0@llama-cpp": ("llama-cpp", "gguf", lambda: llama_cpp_q4_0(src, tmp / "own.gguf")),
+    }
+    paths, manifests, export_s = {}, {}, {}
+    for name, (rt, fmt, build) in builds.items():
+        t0 = time.perf_counter()
+        built = build()
+        export_s[name] = round(time.perf_counter() - t0, 1)
+        paths[name] = Path(getattr(built, "path", built))
+        manifests[name] = getattr(built, "manifest", {})
+    rounds: dict[str, list[dict]] = {name: [] for name in builds}
+    for _ in range(args.rounds):  # engines alternate within a round: drift on a shared machine hits all alike
+        for name, (rt, _, _) in builds.items():
+            rounds[name].append(measure(rt, paths[name], src / "tokenizer.json", info, prompt, args.new_tokens,
+                                        runs=1))
+    bandwidth = db.read_bandwidth(THREADS)
+    position = len(prompt) + args.new_tokens / 2
+    rows = {}
+    for name, (rt, fmt, _) in builds.items():
+        r = dict(rounds[name][-1])
+        for key in ("decode_tokens_per_s", "prefill_tokens_per_s", "time_to_first_token_ms"):
+            r[key] = statistics.median(x[key] for x in rounds[name])
+        weights = db.torch_weight_bytes(module) if fmt is None else \
+            db.weight_bytes_per_token(paths[name], fmt, manifests[name])
+        r["bytes_per_token"] = weights + db.kv_bytes_per_token(module, position, db.KV_ELEMENT_BYTES.get(rt, 4))
+        r["fraction"] = db.fraction(r["decode_tokens_per_s"], r["bytes_per_token"], bandwidth)
+        r["file_bytes"] = sum(p.stat().st_size for p in paths[name].parent.glob(paths[name].name + "*")) \
+            if fmt else None
+        r["export_s"] = export_s[name]
+        rows[name] = r
+    from edgec.runtimes.machine import machine_info
+
+    print(f"\nseeded Llama, {params / 1e6:.1f}M parameters, context {ctx}, prompt {len(prompt)} tokens, "
+          f"{args.new_tokens} new tokens, {THREADS} threads, median of {args.rounds} alternating rounds; "
+          f"{machine_info().get('cpu')}; memory read bandwidth {bandwidth / 1e9:.1f} GB/s ({db.BANDWIDTH_METHOD})")
+    base = rows["float eager@torch"]["decode_tokens_per_s"]
+    head = f"{'engine':<34}{'decode tok/s':>13}{'vs eager':>9}{'TTFT ms':>9}{'MB/token':>10}{'of bound':>9}" \
+           f"{'MB file':>9}{'peak MB':>9}"
+    print(head + "\n" + "-" * len(head))
+    for name, r in rows.items():
+        print(f"{name:<34}{r['decode_tokens_per_s']:>13.1f}{r['decode_tokens_per_s'] / base:>8.2f}x"
+              f"{r['time_to_first_token_ms']:>9.0f}{r['bytes_per_token'] / 1e6:>10.1f}{r['fraction']:>9.2f}"
+              f"{(r['file_bytes'] or 0) / 1e6:>9.1f}{r['peak_rss_mb']:>9.0f}")
+    i4, b4 = rows["int4 onnx@ort-genai"], rows["GenAI builder int4@ort-genai"]
+    g, own = rows["model.gguf Q4_0@llama-cpp"], rows["llama.cpp's own Q4_0@llama-cpp"]
+    edgec_rows = {k: v for k, v in rows.items() if "builder" not in k and "own" not in k and "eager" not in k}
+    fastest = max(edgec_rows, key=lambda k: edgec_rows[k]["decode_tokens_per_s"])
+    bars = {
+        f"int4 ONNX decode {_ratio(i4['decode_tokens_per_s'], b4['decode_tokens_per_s'])} the builder's (>= 1.0x)":
+            i4["decode_tokens_per_s"] >= b4["decode_tokens_per_s"],
+        f"int4 ONNX file {_ratio(i4['file_bytes'], b4['file_bytes'])} the builder's (<= 1.05x)":
+            i4["file_bytes"] <= 1.05 * b4["file_bytes"],
+        f"Q4_0 GGUF decode {_ratio(g['decode_tokens_per_s'], own['decode_tokens_per_s'])} llama.cpp's own (>= 0.95x)":
+            g["decode_tokens_per_s"] >= 0.95 * own["decode_tokens_per_s"],
+        f"fastest edgec artifact ({fastest}) at {edgec_rows[fastest]['fraction']:.2f} of the bound (>= 0.8)":
+            edgec_rows[fastest]["fraction"] >= 0.8,
+    }
+    return {"rows": rows, "bars": bars, "bandwidth": bandwidth}
+
+
+def tinylm_checks(tmp: Path) -> dict:
+    """On the trained tinylm: edgec's int4 ONNX vs the builder's, edgec's Q4_0 GGUF vs llama.cpp's own."""
+    import transformers
+
+    from edgec.calibration import prose
+    from edgec.exporters.gguf import export_gguf
+    from edgec.exporters.onnx_genai import export_genai
+    from edgec.models.hf_decoder import from_hf_decoder
+    from edgec.runtimes import llama_cpp, ort_genai
+    from edgec.runtimes.llm import Sampling
+    from edgec.runtimes.tokens import TokenBytes
+    from edgec.toolchain.zoo import resolve
+
+    src = resolve("tinylm").locate()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(src)
+    module = from_hf_decoder(hf)
+    ours = export_genai(module, hf.config, src, tmp / "tiny-int4", weights="int4")
+    theirs = builder_int4(src, tmp / "tiny-builder")
+    tok = TokenBytes(src / "tokenizer.json")
+    chapters = prose.split("heldout")
+    prompts = [tok.encode(" ".join(c.split()[:12 + 3 * i]))[:48] for i, c in enumerate(chapters[:8])]
+    a, b = ort_genai.load_lm(ours.path.parent), ort_genai.load_lm(theirs.parent)
+    same = sum(a.generate(p, 32, Sampling()).tokens == b.generate(p, 32, Sampling()).tokens for p in prompts)
+    size = lambda p: sum(f.stat().st_size for f in p.parent.glob("model.onnx*"))  # noqa: E731
+    g_ours = export_gguf(module, hf.config, src, tmp / "tiny.gguf", "Q4_0").path
+    g_own = llama_cpp_q4_0(src, tmp / "tiny-own.gguf")
+    ids = np.asarray(tok.encode(" ".join(chapters)), np.int64)
+    ctx = hf.config.max_position_embeddings
+    ppl = {name: _perplexity(llama_cpp.load_lm(path), ids, ctx) for name, path in
+           (("edgec", g_ours), ("llama.cpp", g_own))}
+    print(f"\ntinylm: edgec int4 ONNX greedy tokens equal the builder's on {same} of {len(prompts)} prompts "
+          f"(32 new tokens each); file {size(ours.path) / 1e6:.2f} MB vs the builder's {size(theirs) / 1e6:.2f} MB")
+    print(f"tinylm: held-out perplexity of Q4_0 GGUF: edgec {ppl['edgec']:.3f}, llama.cpp's own "
+          f"{ppl['llama.cpp']:.3f} ({ppl['edgec'] / ppl['llama.cpp']:.4f}x) over {len(ids)} tokens")
+    return {"bars": {f"tinylm int4 greedy tokens equal the builder's on {same}/{len(prompts)} prompts (all)":
+                     same == len(prompts),
+                     f"tinylm Q4_0 perplexity {ppl['edgec'] / ppl['llama.cpp']:.4f}x llama.cpp's own (<= 1.01x)":
+                     ppl["edgec"] <= 1.01 * ppl["llama.cpp"]},
+            "perplexity": ppl, "same_prompts": same}
+
+
+def _perplexity(lm, ids: np.ndarray, ctx: int) -> float:
+    nll, n = 0.0, 0
+    for start in range(0, len(ids) - 1, ctx):
+        window = ids[start:start + ctx]
+        if len(window) < 2:
+            break
+        logits = lm.score(window).astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        nll -= logp[np.arange(len(window) - 1), window[1:]].sum()
+        n += len(window) - 1
+    return float(np.exp(nll / n))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=12)
     ap.add_argument("--hidden", type=int, default=768)
     ap.add_argument("--context", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--skip-tinylm", action="store_true")
     args = ap.parse_args()
     quiet_libraries()
-    import transformers
-
-    from edgec.calibration import prose
-    from edgec.exporters.executorch_llm import export_llm_pte
-    from edgec.exporters.onnx_genai import export_genai
-    from edgec.models.hf_decoder import from_hf_decoder
-    from edgec.runtimes.machine import machine_info
-    from edgec.runtimes.tokens import TokenBytes
-    from edgec.toolchain.lm_speed import measure
-
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        src = seeded_dir(tmp / "model", args.layers, args.hidden)
-        hf = transformers.AutoModelForCausalLM.from_pretrained(src)
-        params = sum(p.numel() for p in hf.parameters())
-        module = from_hf_decoder(hf)
-        info = {"bos_token_id": 0, "eos_token_ids": [1], "pad_token_id": 2, "context_length": args.context,
-                "vocab_size": 32000}
-        prompt = TokenBytes(src / "tokenizer.json").encode(prose.split("heldout")[0])[:64]
-        builds, export_s = {}, {}
-        for name, build in [
-            ("float.pte@executorch", lambda: export_llm_pte(module, hf.config, tmp / "float.pte", args.context)),
-            ("8da4w.pte@executorch", lambda: export_llm_pte(module, hf.config, tmp / "8da4w.pte", args.context,
-                                                            weights="8da4w")),
-            ("float onnx@ort-genai", lambda: export_genai(module, hf.config, src, tmp / "onnx-float",
-                                                          weights="float", context=args.context)),
-            ("int4 onnx@ort-genai", lambda: export_genai(module, hf.config, src, tmp / "onnx-int4",
-                                                         weights="int4", context=args.context)),
-        ]:
-            t0 = time.perf_counter()
-            builds[name] = build()
-            export_s[name] = round(time.perf_counter() - t0, 1)
-        rows = {"float eager@torch": measure("torch", src, src / "tokenizer.json", info, prompt, args.new_tokens)}
-        for name, art in builds.items():
-            rows[name] = measure(art.runtime, art.path, src / "tokenizer.json", info, prompt, args.new_tokens)
-            rows[name]["bytes"] = art.bytes
-            rows[name]["export_s"] = export_s[name]
-        base = rows["float eager@torch"]["decode_tokens_per_s"]
-        print(f"seeded Llama, {params / 1e6:.1f}M parameters, context {args.context}, prompt {len(prompt)} tokens, "
-              f"{args.new_tokens} new tokens; {machine_info().get('cpu')}")
-        print(f"{'engine':<24}{'decode tok/s':>14}{'vs eager':>10}{'prefill tok/s':>15}{'TTFT ms':>10}"
-              f"{'peak MB':>9}{'MB file':>9}{'export s':>10}")
-        print("-" * 101)
-        for name, r in rows.items():
-            print(f"{name:<24}{r['decode_tokens_per_s']:>14.1f}{r['decode_tokens_per_s'] / base:>9.2f}x"
-                  f"{r['prefill_tokens_per_s']:>15.1f}{r['time_to_first_token_ms']:>10.0f}{r['peak_rss_mb']:>9.0f}"
-                  f"{r.get('bytes', 0) / 1e6:>9.1f}{r.get('export_s', 0):>10.1f}")
-        q, f, i4 = rows["8da4w.pte@executorch"], rows["float.pte@executorch"], rows["int4 onnx@ort-genai"]
-        bars = {"8da4w .pte decode >= 2.0x float eager": q["decode_tokens_per_s"] / base >= 2.0,
-                "8da4w .pte file <= 0.30x float .pte": q["bytes"] / f["bytes"] <= 0.30,
-                "int4 ONNX (ort-genai) decode >= 2.0x float eager": i4["decode_tokens_per_s"] / base >= 2.0}
-        fastest = max(rows, key=lambda k: rows[k]["decode_tokens_per_s"])
-        print(f"\nfastest decode: {fastest}; 8da4w file {q['bytes'] / f['bytes']:.3f}x the float .pte")
-        for bar, ok in bars.items():
-            print(f"{'PASS' if ok else 'FAIL'}  {bar}")
-        print(json.dumps({"rows": rows, "bars": bars}))
+        out = speed_table(args, Path(tmp))
+        if not args.skip_tinylm:
+            tiny = tinylm_checks(Path(tmp))
+            out["bars"].update(tiny.pop("bars"))
+            out["tinylm"] = tiny
+    print()
+    for bar, ok in out["bars"].items():
+        print(f"{'PASS' if ok else 'FAIL'}  {bar}")
+    print(json.dumps(out, default=str))
 
 
 if __name__ == "__main__":
