@@ -199,6 +199,7 @@ def _quantize(src: Path, path: Path, bits: int) -> None:
     try:
         model = onnx.load(src)
         _fold_transposed_weights(model)
+        tied = _tied_tables(model)
         # int4 takes the token table too (GatherBlockQuantized, blocks along the hidden axis; ORT has no
         # 8-bit Gather): on tinylm 6.4 -> 3.5 MB at the same held-out perplexity
         ops = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
@@ -210,7 +211,55 @@ def _quantize(src: Path, path: Path, bits: int) -> None:
                           "export with weights='float'") from e
     finally:
         logger.setLevel(level)
+    if bits == 4:
+        _share_tied_table(quantizer.model.model, tied)
     _save(quantizer.model.model, path)
+
+
+def _tied_tables(model) -> list[tuple[str, str]]:
+    """(token table, output head weight) initializer pairs that hold the same matrix (the head transposed)."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    tables = {n.input[0] for n in graph.node if n.op_type == "Gather" and n.input[0] in inits}
+    heads = {n.input[1] for n in graph.node if n.op_type == "MatMul" and n.input[1] in inits}
+    pairs = []
+    for t in tables:
+        table = numpy_helper.to_array(inits[t])
+        for h in heads:
+            if list(inits[h].dims) == list(table.shape[::-1]) and np.array_equal(numpy_helper.to_array(inits[h]).T, table):
+                pairs.append((t, h))
+    return pairs
+
+
+def _share_tied_table(model, pairs: list[tuple[str, str]]) -> None:
+    """A tied token table, quantized for the lookup (GatherBlockQuantized) and for the output head
+    (MatMulNBits), is the same blocks in the same order: the lookup reads the head's bytes (bits=4 over
+    uint8, as ONNX Runtime GenAI's builder does) and the file keeps one copy."""
+    import numpy as np
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    for table, head in pairs:
+        gather = next((n for n in graph.node if n.op_type == "GatherBlockQuantized" and n.input[0] == f"{table}_Q4"),
+                      None)
+        matmul = next((n for n in graph.node if n.op_type == "MatMulNBits" and n.input[1] == f"{head}_Q4"), None)
+        if gather is None or matmul is None or len(gather.input) > 3 or len(matmul.input) > 3:
+            continue
+        old = [inits[gather.input[0]], inits[gather.input[2]]]
+        rows, cols = old[0].dims
+        shape = numpy_helper.from_array(np.array([rows, cols // 2], np.int64), f"{table}_from_head_shape")
+        graph.initializer.append(shape)
+        reshaped = f"{table}_from_head"
+        graph.node.insert(list(graph.node).index(gather),
+                          helper.make_node("Reshape", [matmul.input[1], shape.name], [reshaped], name=reshaped))
+        gather.input[0], gather.input[2] = reshaped, matmul.input[2]
+        gather.attribute.append(helper.make_attribute("bits", 4))
+        for t in old:
+            graph.initializer.remove(t)
 
 
 def _fold_transposed_weights(model) -> None:
