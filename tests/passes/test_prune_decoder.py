@@ -73,7 +73,7 @@ def test_ratio_zero_changes_nothing(llama, method):
 @pytest.mark.parametrize("allocation", ["per_param", "standardised"])
 @pytest.mark.parametrize("method", ["flap", "magnitude"])
 def test_removes_the_requested_share_in_whole_kv_groups(llama, method, allocation):
-    res = prune(llama, ids(4, 0), PruneConfig(ratio=0.3, method=method, allocation=allocation))
+    res = prune(llama, ids(4, 0), PruneConfig(ratio=0.3, method=method, allocation=allocation, mlp_block=1))
     assert abs(res.removed_fraction - 0.3) * res.prunable_before <= GROUP_COST / 2
     groups_removed = sum(len(l.heads_removed) for l in res.layers) // G
     removed = GROUP_COST * groups_removed + CHANNEL_COST * sum(len(l.channels_removed) for l in res.layers)
@@ -163,7 +163,7 @@ def test_bias_compensation_restores_the_mean_of_pruned_channels():
             lin.weight[planted] = 0.0
             lin.bias[planted] = 4.0
     calib, held_out = ids(4, 0), ids(2, 1)
-    res = prune(llama, calib, PruneConfig(ratio=16 * CHANNEL_COST / prunable(llama)))
+    res = prune(llama, calib, PruneConfig(ratio=16 * CHANNEL_COST / prunable(llama), mlp_block=1))
     assert set(res.layers[1].channels_removed) == set(planted) and res.layers[1].bias_compensated
     uncompensated = copy.deepcopy(res.module)
     with torch.no_grad():
@@ -173,7 +173,7 @@ def test_bias_compensation_restores_the_mean_of_pruned_channels():
 
 
 def test_steps_rescore_the_model_each_step_leaves(llama):
-    calib, config = ids(4, 0), PruneConfig(ratio=0.3, score="output", steps=2)
+    calib, config = ids(4, 0), PruneConfig(ratio=0.3, score="output", steps=2, mlp_block=1)
     two = prune(llama, calib, config)
     half = prune(llama, calib, replace(config, ratio=0.15, steps=1))
     before, after = half.prunable_before, half.prunable_after
@@ -218,3 +218,14 @@ def test_refuses_what_it_cannot_do(llama):
             prune(llama, ids(2, 0), config)
     with pytest.raises(UnsupportedModelError, match="from_hf_decoder"):
         prune_decoder(torch.nn.Linear(4, 4), [], PruneConfig(ratio=0.3, method="magnitude"))
+
+
+def test_mlp_widths_stay_multiples_of_the_quantization_block(llama):
+    """A down projection of 503 inputs cannot be stored in blocks of 32: llama.cpp keeps it 16-bit and the
+    pruned file grows. Kept channels round up to the block, the highest-scored of the chosen staying."""
+    result = prune(llama, ids(4, 0), PruneConfig(ratio=0.3))
+    widths = [b.down.in_features for b in result.module.layers]
+    assert all(w % 32 == 0 for w in widths) and min(widths) < INTER
+    # within half a KV group, and half a block of MLP channels per layer
+    assert abs(result.removed_fraction - 0.3) * result.prunable_before <= GROUP_COST / 2 + 16 * CHANNEL_COST * 2
+    assert all(len(l.channels_kept) == w for l, w in zip(result.layers, widths))

@@ -56,6 +56,28 @@ def allocate(candidates: list[tuple[float, int, str, int, int]], budget: float,
     return {key for key, _, _ in chosen}
 
 
+def in_blocks(chosen: set[tuple[int, str, int]], ranked: list[tuple[float, int, str, int, int]],
+              count: dict[tuple[int, str], int], sub: str, block: int) -> set[tuple[int, str, int]]:
+    """`chosen` with each layer's kept `sub` structures rounded to the nearest multiple of `block` (at least
+    one block), where the layer has a multiple of `block` to start with: 4-bit formats quantize rows in
+    blocks of 32 and fall back to 16-bit for a row that is not. Rounding up keeps the highest-ranked of
+    the chosen; rounding down also takes the lowest-ranked of the kept."""
+    key = {(layer, s, j): k for k, layer, s, j, _ in ranked}
+    out = set(chosen)
+    for (layer, s), n in count.items():
+        if s != sub or n % block:
+            continue
+        mine = sorted(((layer, s, j) for j in range(n)), key=key.__getitem__)  # lowest ranked first
+        gone = [c for c in mine if c in chosen]
+        kept = [c for c in mine if c not in chosen]
+        rest = len(kept) % block
+        if rest and (rest < block / 2 and len(kept) > block):
+            out |= set(kept[:rest])  # round down: the next-lowest go too
+        elif rest:
+            out -= set(gone[len(gone) - (block - rest):])  # round up: the highest-ranked chosen stay
+    return out
+
+
 def split(chosen: set[tuple[int, str, int]], count: dict[tuple[int, str], int],
           layer: int, subs: tuple[str, ...]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
     """Layer `layer`'s current indices per sublayer: those kept, and those `chosen` to go."""

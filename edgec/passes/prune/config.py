@@ -29,6 +29,8 @@ class PruneConfig:
     # flap: fluctuation seen at the model output ("output") or at the layer ("local", the paper's)
     score: str = "output"
     steps: int = 3  # flap: reach the ratio in this many equal steps, re-scoring the model each one leaves
+    # decoders: MLP widths stay multiples of this (4-bit formats store rows in blocks of 32; 1: any width)
+    mlp_block: int = 32
 
     def __post_init__(self):
         real = isinstance(self.ratio, (int, float)) and not isinstance(self.ratio, bool)
@@ -46,6 +48,8 @@ class PruneConfig:
             raise ValueError(f"score must be one of {SCORES}, got {self.score!r}")
         if type(self.steps) is not int or self.steps < 1:
             raise ValueError(f"steps must be an int >= 1, got {self.steps!r}")
+        if type(self.mlp_block) is not int or self.mlp_block < 1:
+            raise ValueError(f"mlp_block must be an int >= 1, got {self.mlp_block!r}")
         if self.refit and self.method != "flap":
             raise ValueError("refit needs calibration statistics: use it with method='flap'")
 

@@ -9,7 +9,7 @@ from torch import nn
 
 from edgec.errors import InputError, UnsupportedModelError
 from edgec.models.decoder import Block, Decoder
-from edgec.passes.prune.allocation import allocate, local_score, rank, split
+from edgec.passes.prune.allocation import allocate, in_blocks, local_score, rank, split
 from edgec.passes.prune.config import LayerPrune, PruneConfig, PruneResult
 from edgec.passes.prune.statistics import moments, output_scores
 from edgec.passes.prune.surgery import compensate, params, slice_linear, spans
@@ -98,7 +98,9 @@ def prune_decoder(module: Decoder, calib_inputs: list[tuple[torch.Tensor, ...]],
         costs = {(i, sub): cost for i, b in enumerate(blocks) for sub, cost in _costs(b).items()}
         count = {k: len(s) for k, s in scores.items()}
         budget = config.ratio * prunable_before * step / steps - (prunable_before - prunable())
-        chosen = allocate(rank(scores, costs, config), budget, count, dict.fromkeys(count, 1))
+        ranked = rank(scores, costs, config)
+        chosen = in_blocks(allocate(ranked, budget, count, dict.fromkeys(count, 1)), ranked, count, "mlp",
+                           config.mlp_block)
         for i, b in enumerate(blocks):
             kept_now, gone_now = split(chosen, count, i, SUBLAYERS)
             for sub in SUBLAYERS:
