@@ -83,10 +83,8 @@ def export_genai(module: Decoder, hf_config, tokenizer_dir: Path, out_dir: Path,
         raise InputError(f"unknown weights '{weights}' for ONNX Runtime GenAI: use one of {', '.join(WEIGHT_BITS)}")
     if graph not in GRAPHS:
         raise InputError(f"unknown graph '{graph}' for ONNX Runtime GenAI: use one of {', '.join(GRAPHS)}")
-    kv_heads = {layer.attn.kv_heads for layer in module.layers}
-    if len(kv_heads) != 1:
-        raise ExportError(f"ONNX Runtime GenAI needs the same number of KV heads in every layer, "
-                          f"this decoder has {sorted(kv_heads)}: prune KV heads uniformly for this runtime")
+    if (why := refusal(module)) is not None:
+        raise ExportError(why)
     tokenizer_dir, out_dir = Path(tokenizer_dir), Path(out_dir)
     missing = [f for f in TOKENIZER_FILES if not (tokenizer_dir / f).is_file()]
     if missing:
@@ -106,6 +104,15 @@ def export_genai(module: Decoder, hf_config, tokenizer_dir: Path, out_dir: Path,
     (out_dir / "genai_config.json").write_text(json.dumps(config, indent=2))
     graph = {"graph": "fused"} if why_plain is None else {"graph": "plain", "why_plain": why_plain}
     return Artifact(path, "onnx", "ort-genai", manifest=_engine(weights, module.attention(), graph))
+
+
+def refusal(module: Decoder) -> str | None:
+    """Why genai_config.json cannot describe this decoder, or None."""
+    kv_heads = {layer.attn.kv_heads for layer in module.layers}
+    if len(kv_heads) != 1:
+        return (f"ONNX Runtime GenAI needs the same number of KV heads in every layer, this decoder has "
+                f"{sorted(kv_heads)}: prune KV heads uniformly for this runtime")
+    return None
 
 
 def _save(model, path: Path) -> None:
