@@ -154,3 +154,20 @@ def test_unknown_weights_are_refused(tmp_path):
         export_genai(module, None, tmp_path, tmp_path / "out", weights="int3")
     with pytest.raises(InputError, match="cannot quantize to 'float'"):
         quantize_genai(tmp_path, tmp_path / "q", "float")
+
+
+@pytest.mark.parametrize("kind,window", [("mistral", 8), ("gemma3_text", 6)])
+def test_fused_graph_hides_what_a_sliding_window_hides(tmp_path, kind, window):
+    """GroupQueryAttention's local window, scale, soft caps and per-layer RoPE tables against transformers
+    over a text several windows long, whole and one token at a time."""
+    src = seeded_decoder_dir(tmp_path / kind, kind, sliding_window=window)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(src, attn_implementation="eager").eval()
+    artifact = export_genai(from_hf_decoder(hf), hf.config, src, tmp_path / "bundle")
+    assert artifact.manifest["engine"]["graph"] == "fused"
+    ids = np.random.default_rng(1).integers(3, hf.config.vocab_size, 5 * window)
+    session = load_lm(artifact.path.parent)
+    np.testing.assert_allclose(session.score(ids), _hf_logits(hf, ids), atol=1e-4, rtol=0)
+    with torch.no_grad():
+        want = hf.generate(torch.tensor([ids[:window].tolist()]), do_sample=False,
+                           max_new_tokens=3 * window)[0, window:].tolist()
+    assert session.generate(ids[:window].tolist(), 3 * window, Sampling()).tokens == want
