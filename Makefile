@@ -53,7 +53,10 @@ demo: install
 
 # test files spread over TEST_JOBS processes; a module's fixtures stay in one
 TEST_JOBS ?= 2
+# the C++ runner is built here, with the other native parts, not inside the suite
 test: install vulkan oniguruma
+	@if command -v $(CXX) >/dev/null; then $(MAKE) -s desktop; \
+	 else echo "no C++ compiler: the desktop runner tests skip (apt-get install g++)"; fi
 	$(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 # every bench script in one run, one table at the end; BENCH_ARGS=--quick for a short tour

@@ -244,8 +244,8 @@ def _first_token_with_plain_onnxruntime(out, manifest):
     assert int(logits[0, n - 1].argmax()) == int(want[0])
 
 
-def test_desktop_runner_generates_what_edgec_generate_does(cpu_bundle, desktop_runner):
-    """The C++ runner's greedy loop over the .pte: the tokens of `edgec generate --runtime executorch`."""
+def test_desktop_runner_generates_what_edgec_generate_does(cpu_bundle, desktop_runner, run_cli):
+    """The C++ runner's greedy loop over the .pte: the tokens and text of `edgec generate --runtime executorch`."""
     from edgec.runtimes.executorch_llm import load_lm
     from edgec.runtimes.llm import Sampling
     from tokenizers import Tokenizer
@@ -256,5 +256,8 @@ def test_desktop_runner_generates_what_edgec_generate_does(cpu_bundle, desktop_r
     ids = Tokenizer.from_file(str(cpu_bundle / "tokenizer.json")).encode(PROMPT).ids
     want = load_lm(cpu_bundle / "model.pte", cpu_bundle / "tokenizer.json").generate(ids, 12, Sampling()).tokens
     assert native["prompt_ids"] == ids and native["tokens"] == want
+    code, text, err = run_cli("generate", cpu_bundle, "--prompt", PROMPT, "-n", "12", "--runtime", "executorch")
+    assert code == 0, err
+    assert text == native["text"] + "\n"
     r = run_native(desktop_runner, cpu_bundle, "--selftest")
     assert r.returncode == 0 and "selftest passed: 3 of 3" in r.stdout, r.stdout + r.stderr
