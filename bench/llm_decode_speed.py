@@ -191,7 +191,7 @@ def speed_table(args, tmp: Path) -> dict:
 
     print(f"\nseeded Llama, {params / 1e6:.1f}M parameters, context {ctx}, prompt {len(prompt)} tokens, "
           f"{args.new_tokens} new tokens, {THREADS} threads, median of {args.rounds} alternating rounds; "
-          f"{machine_info().get('cpu')}; memory read bandwidth {bandwidth / 1e9:.1f} GB/s ({db.BANDWIDTH_METHOD})")
+          f"{machine_info().get('cpu')}; memory read bandwidth {bandwidth / 1e9:.1f} GB/s ({db.bandwidth_method()})")
     base = rows["float eager@torch"]["decode_tokens_per_s"]
     head = f"{'engine':<34}{'decode tok/s':>13}{'vs eager':>9}{'TTFT ms':>9}{'MB/token':>10}{'of bound':>9}" \
            f"{'MB file':>9}{'peak MB':>9}"

@@ -14,9 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
-BANDWIDTH_MIB = 1024  # far past any last-level cache
 BANDWIDTH_RUNS = 7
-BANDWIDTH_METHOD = f"sum of a {BANDWIDTH_MIB} MiB float32 tensor (torch), median of {BANDWIDTH_RUNS} after a warm-up"
+
+
+def bandwidth_bytes() -> int:
+    """The probe's size: 8x the last-level cache, at least 256 MiB, so the caches hold none of it (and an
+    export's peak memory barely moves)."""
+    from edgec.runtimes.timing import llc_bytes
+
+    return max(256 * 2**20, 8 * (llc_bytes(default=None) or 0)) // 4 * 4
+
+
+def bandwidth_method() -> str:
+    return (f"sum of a {bandwidth_bytes() // 2**20} MiB float32 tensor (torch), median of {BANDWIDTH_RUNS} "
+            "after a warm-up")
 
 
 def read_bandwidth(threads: int) -> float:
@@ -28,7 +39,7 @@ def read_bandwidth(threads: int) -> float:
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        data = torch.ones(BANDWIDTH_MIB * 2**20 // 4)
+        data = torch.ones(bandwidth_bytes() // 4)
         data.sum()
         times = []
         for _ in range(BANDWIDTH_RUNS):

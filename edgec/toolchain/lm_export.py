@@ -123,7 +123,7 @@ class LMExport:
                 continue
             v["bytes_per_token"] = weights + db.kv_bytes_per_token(module, position, db.KV_ELEMENT_BYTES.get(rt, 4))
             v["bandwidth_fraction"] = round(db.fraction(v["decode_tokens_per_s"], v["bytes_per_token"], bandwidth), 3)
-        return {"bytes_per_s": round(bandwidth), "threads": threads, "method": db.BANDWIDTH_METHOD,
+        return {"bytes_per_s": round(bandwidth), "threads": threads, "method": db.bandwidth_method(),
                 "mean_position": position}
 
     def _speed(self, built: Built, module) -> dict:
