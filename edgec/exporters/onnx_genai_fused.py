@@ -11,9 +11,11 @@ written in place into a buffer GenAI allocates once:
 projection. Weight quantization then turns every MatMul into MatMulNBits.
 
 Head counts are per node, so a pruned decoder keeps its per-layer shapes.
-What GroupQueryAttention cannot express (partial rotary, RoPE tables that
-change with the sequence length) keeps the traced graph: `unfusable` says
-why, and the manifest records which graph a bundle holds.
+What GroupQueryAttention cannot express (RoPE over part of each head, an odd
+head size) keeps the traced graph: `unfusable` says why, and the manifest
+records which graph a bundle holds. RoPE tables that change with the
+sequence length (LongRoPE) need nothing here: the export serves the static
+positions of one table.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ class _Graph:
 
     def __init__(self):
         self.nodes, self.inits, self._n = [], [], 0
+        self._shapes: dict[tuple, str] = {}
 
     def name(self, base: str) -> str:
         self._n += 1
@@ -53,6 +56,13 @@ class _Graph:
         name = self.name(base)
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
         return name
+
+    def ints(self, base: str, values: list[int]) -> str:
+        """An int64 constant (a shape, split sizes), written once however many layers use it."""
+        key = (base, tuple(values))
+        if key not in self._shapes:
+            self._shapes[key] = self.const(base, np.array(values, np.int64))
+        return self._shapes[key]
 
     def op(self, op: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "", **attrs):
         from onnx import helper
@@ -122,9 +132,9 @@ class _Writer:
 
     def head_norm(self, x: str, norm, head_dim: int, base: str) -> str:
         """RMSNorm over each head of a [B, S, heads * D] projection."""
-        split = self.g.op("Reshape", [x, self.g.const("heads_shape", np.array([0, 0, -1, head_dim], np.int64))])
+        split = self.g.op("Reshape", [x, self.g.ints("heads_shape", [0, 0, -1, head_dim])])
         normed = self.rms(split, norm, base)
-        return self.g.op("Reshape", [normed, self.g.const("flat_shape", np.array([0, 0, -1], np.int64))])
+        return self.g.op("Reshape", [normed, self.g.ints("flat_shape", [0, 0, -1])])
 
     def attention(self, i: int, block, h: str, lengths: tuple[str, str], caches: list[tuple[str, str]]) -> str:
         a, base = block.attn, f"layers.{i}.attn"
@@ -133,7 +143,7 @@ class _Writer:
         if a.qk_norm is None:
             q, k, v = qkv, "", ""
         else:
-            sizes = self.g.const("qkv_sizes", np.array([a.heads * d, a.kv_heads * d, a.kv_heads * d], np.int64))
+            sizes = self.g.ints("qkv_sizes", [a.heads * d, a.kv_heads * d, a.kv_heads * d])
             q, k, v = self.g.op("Split", [qkv, sizes], 3, axis=-1)
             if a.qk_norm == "full":
                 q, k = self.rms(q, a.q_norm, f"{base}.q_norm"), self.rms(k, a.k_norm, f"{base}.k_norm")
@@ -152,8 +162,7 @@ class _Writer:
     def mlp(self, i: int, block, h: str) -> str:
         base = f"layers.{i}.mlp"
         gate, up = self.g.op("Split", [self.linear(h, [block.gate, block.up], f"{base}.gate_up"),
-                                       self.g.const("gate_up_sizes", np.array([block.gate.out_features] * 2,
-                                                                              np.int64))], 2, axis=-1)
+                                       self.g.ints("gate_up_sizes", [block.gate.out_features] * 2)], 2, axis=-1)
         if block.act == "silu":
             act = self.g.op("Mul", [gate, self.g.op("Sigmoid", [gate])])
         else:
