@@ -106,7 +106,8 @@ def llama_cpp_q4_0(src: Path, out: Path) -> Path:
     """llama.cpp's own path from an HF directory: convert_hf_to_gguf.py to F32, then its quantizer to Q4_0."""
     import transformers
 
-    from edgec.exporters.gguf import quantize, read_vocab
+    from edgec.exporters.gguf import quantize
+    from edgec.exporters.gguf_vocab import read_vocab
 
     config = transformers.AutoConfig.from_pretrained(src)
     pre = read_vocab(src, config.vocab_size, config).pre

@@ -1,5 +1,6 @@
-"""llama-cpp-python's bindings of llama.cpp's C API, shared by the GGUF exporter (llama.cpp's own quantizer) and
-the llama-cpp runtime; imported only when one of them runs, with one line saying how to install them."""
+"""The `llama` extra's packages: llama-cpp-python's bindings of llama.cpp's C API, shared by the GGUF exporter
+(llama.cpp's own quantizer) and the llama-cpp runtime, and `gguf`, the format's own Python package; imported only
+when one of them runs, with one line saying how to install them."""
 
 from __future__ import annotations
 
@@ -19,6 +20,15 @@ def llama_cpp():
     except ImportError as e:
         raise BackendError(INSTALL) from e
     return llama_cpp
+
+
+def gguf_package():
+    """The format's own Python package, or one line saying how to install it."""
+    try:
+        import gguf
+    except ImportError as e:
+        raise BackendError("the gguf package is not installed: pip install -e '.[llama]'") from e
+    return gguf
 
 
 _SILENT = []  # the no-op log callback, kept alive as long as llama.cpp may call it

@@ -166,7 +166,7 @@ def test_llama3_and_qwen2_pre_tokenizers_split_like_tokenizers(models, tmp_path,
     from tokenizers import Regex, decoders, pre_tokenizers, processors, trainers
     from tokenizers import models as bpe
 
-    from edgec.exporters.gguf import SPLITS
+    from edgec.exporters.gguf_vocab import SPLITS
 
     regex, ignore_merges = next((r, ignore) for r, (name, ignore) in SPLITS.items() if name == pre)
     tok = Tokenizer(bpe.BPE(ignore_merges=ignore_merges))
