@@ -180,9 +180,7 @@ def speed_table(args, tmp: Path) -> dict:
         r = dict(rounds[name][-1])
         for key in ("decode_tokens_per_s", "prefill_tokens_per_s", "time_to_first_token_ms"):
             r[key] = statistics.median(x[key] for x in rounds[name])
-        weights = db.torch_weight_bytes(module) if fmt is None else \
-            db.weight_bytes_per_token(paths[name], fmt, manifests[name])
-        r["bytes_per_token"] = weights + db.kv_bytes_per_token(module, position, db.KV_ELEMENT_BYTES.get(rt, 4))
+        r["bytes_per_token"] = db.bytes_per_token(module, rt, position, paths[name], fmt, manifests[name])
         r["fraction"] = db.fraction(r["decode_tokens_per_s"], r["bytes_per_token"], bandwidth)
         r["file_bytes"] = sum(p.stat().st_size for p in paths[name].parent.glob(paths[name].name + "*")) \
             if fmt else None

@@ -211,7 +211,8 @@ def _quantize(src: Path, path: Path, bits: int) -> None:
         # 8-bit Gather): on tinylm 6.4 -> 3.5 MB at the same held-out perplexity
         ops = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
         quantizer = nbits.MatMulNBitsQuantizer(model, bits=bits, block_size=BLOCK, is_symmetric=True,
-                                               accuracy_level=ACCURACY_LEVEL, op_types_to_quantize=ops, quant_axes=(("MatMul", 0), ("Gather", 1)))
+                                               accuracy_level=ACCURACY_LEVEL, op_types_to_quantize=ops,
+                                               quant_axes=(("MatMul", 0), ("Gather", 1)))
         quantizer.process()
     except Exception as e:  # the quantizer asserts and raises plain errors on graphs it cannot take
         raise ExportError(f"MatMulNBits {bits}-bit quantization failed ({type(e).__name__}: {e}); "

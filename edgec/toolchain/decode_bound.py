@@ -12,7 +12,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 
 BANDWIDTH_RUNS = 7
 
@@ -112,5 +111,16 @@ def kv_bytes_per_token(module, position: float, element_bytes: int) -> int:
     return int(per_position * position)
 
 
+def bytes_per_token(module, runtime: str, position: float, path: Path | None = None, fmt: str | None = None,
+                    manifest: dict | None = None) -> int | None:
+    """Weights and KV cache a token decoded at `position` reads: from the artifact at `path` (format `fmt`)
+    on `runtime`, or, with no artifact, from eager torch over `module` itself; None where the artifact's
+    weights cannot be counted."""
+    weights = torch_weight_bytes(module) if fmt is None else weight_bytes_per_token(path, fmt, manifest)
+    if weights is None:
+        return None
+    return weights + kv_bytes_per_token(module, position, KV_ELEMENT_BYTES.get(runtime, 4))
+
+
 def fraction(tokens_per_s: float, bytes_per_token: int, bandwidth: float) -> float:
-    return float(np.float64(tokens_per_s) * bytes_per_token / bandwidth)
+    return tokens_per_s * bytes_per_token / bandwidth

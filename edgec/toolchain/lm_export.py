@@ -117,12 +117,12 @@ class LMExport:
             if v is None:
                 continue
             art = manifests.get(path)
-            weights = db.torch_weight_bytes(self.model.module) if art is None else \
-                db.weight_bytes_per_token(art.path, art.format, art.manifest)
-            if weights is None:
+            read = db.bytes_per_token(self.model.module, rt, position) if art is None else \
+                db.bytes_per_token(module, rt, position, art.path, art.format, art.manifest)
+            if read is None:
                 continue
-            v["bytes_per_token"] = weights + db.kv_bytes_per_token(module, position, db.KV_ELEMENT_BYTES.get(rt, 4))
-            v["bandwidth_fraction"] = round(db.fraction(v["decode_tokens_per_s"], v["bytes_per_token"], bandwidth), 3)
+            v["bytes_per_token"] = read
+            v["bandwidth_fraction"] = round(db.fraction(v["decode_tokens_per_s"], read, bandwidth), 3)
         return {"bytes_per_s": round(bandwidth), "threads": threads, "method": db.bandwidth_method(),
                 "mean_position": position}
 

@@ -50,6 +50,8 @@ def test_kv_and_fraction(model):
     module = model[3]
     per_position = sum(2 * b.attn.kv_heads * b.attn.head_dim for b in module.layers)
     assert db.kv_bytes_per_token(module, 10, 4) == 40 * per_position
+    # eager torch reads the float weights; llama.cpp keeps its KV cache in f16
+    assert db.bytes_per_token(module, "llama-cpp", 10) == db.torch_weight_bytes(module) + 20 * per_position
     assert db.fraction(100.0, 10**6, 10**9) == pytest.approx(0.1)
 
 
