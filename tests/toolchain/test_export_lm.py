@@ -126,8 +126,16 @@ def test_cpu_report_measures_every_engine(cpu_bundle):
     assert {"model@torch", "model.onnx@ort-genai", "model.pte@executorch", "model.gguf@llama-cpp"} <= set(speed)
     for v in speed.values():
         assert v["decode_tokens_per_s"] > 0 and v["peak_rss_mb"] > v["baseline_rss_mb"] > 0
+    bound = r["generation_speed"]["bound"]  # every row: bytes a token reads, the share of the bandwidth
+    assert bound["bytes_per_s"] > 1e8 and bound["threads"] >= 1
+    for v in speed.values():
+        want = v["decode_tokens_per_s"] * v["bytes_per_token"] / bound["bytes_per_s"]
+        assert v["bandwidth_fraction"] == pytest.approx(want, abs=1e-3)
+    assert all(speed[k]["bytes_per_token"] < 0.3 * speed["model@torch"]["bytes_per_token"]
+               for k in ("model.onnx@ort-genai", "model.gguf@llama-cpp"))  # 4-bit weights read a quarter
     text = (cpu_bundle / "report.md").read_text()
     assert "## Perplexity" in text and "## Generation speed" in text and "Fastest decode" in text
+    assert "MB read per token" in text and f"{bound['bytes_per_s'] / 1e9:.1f} GB/s" in text
 
 
 @pytest.mark.parametrize("runtime", ["ort-genai", "executorch"])
