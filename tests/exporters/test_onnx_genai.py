@@ -171,3 +171,23 @@ def test_fused_graph_hides_what_a_sliding_window_hides(tmp_path, kind, window):
         want = hf.generate(torch.tensor([ids[:window].tolist()]), do_sample=False,
                            max_new_tokens=3 * window)[0, window:].tolist()
     assert session.generate(ids[:window].tolist(), 3 * window, Sampling()).tokens == want
+
+
+def test_a_tied_token_table_is_stored_once_in_int4(tmp_path):
+    """The lookup reads the output head's 4-bit blocks (a Reshape of its bytes, its scales): one copy of the
+    table in the file, and logits that still follow the float model."""
+    src = seeded_decoder_dir(tmp_path / "tied", "llama", num_hidden_layers=1, tie_word_embeddings=True)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(src).eval()
+    art = export_genai(from_hf_decoder(hf), hf.config, src, tmp_path / "int4", weights="int4")
+    graph = onnx.load(art.path, load_external_data=False).graph
+    vocab, hidden = hf.config.vocab_size, hf.config.hidden_size
+    gather = next(n for n in graph.node if n.op_type == "GatherBlockQuantized")
+    head = next(n for n in graph.node if n.op_type == "MatMulNBits" and
+                next(a.i for a in n.attribute if a.name == "N") == vocab)
+    reshape = next(n for n in graph.node if n.output[0] == gather.input[0])
+    assert reshape.op_type == "Reshape" and reshape.input[0] == head.input[1] and gather.input[2] == head.input[2]
+    tables = [i for i in graph.initializer if int(np.prod(i.dims)) in (vocab * hidden, vocab * hidden // 2)]
+    assert [i.name for i in tables] == [head.input[1]]  # the head's bytes, and no second table
+    ids = np.random.default_rng(0).integers(3, vocab, 48)
+    got, ref = load_lm(art.path.parent).score(ids), _hf_logits(hf, ids)
+    assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.5
